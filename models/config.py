@@ -1,0 +1,158 @@
+"""One config dataclass per concern: the char-RNN network, its training run, and sampling.
+
+Each field carries its help text and allowed range in `metadata`, so the trainer's CLI flags,
+the HTTP upload form and the job entrypoint all read the same definition: a parameter is
+defined once, here, and validated once, by `parse_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+CELL_TYPES = ("lstm", "gru", "rnn")
+
+
+def param(default: Any, help: str, lo: float | None = None, hi: float | None = None,
+          choices: tuple | None = None) -> Any:
+    """A dataclass field with a help string and the range a user may ask for."""
+    return field(default=default,
+                 metadata={"help": help, "lo": lo, "hi": hi, "choices": choices})
+
+
+@dataclass(frozen=True)
+class CharRNNConfig:
+    """Architecture of a character-level language model (enough to rebuild it for serving)."""
+
+    vocab_size: int = param(0, "number of symbols, filled in from the vocabulary", 2, 100_000)
+    cell: str = param("lstm", "recurrent cell type", choices=CELL_TYPES)
+    num_layers: int = param(2, "number of stacked recurrent layers", 1, 8)
+    lstm_size: int = param(128, "units per recurrent layer", 4, 4096)
+    use_embedding: bool = param(False, "learn an embedding instead of one-hot input")
+    embedding_size: int = param(128, "embedding width when use_embedding is set", 2, 4096)
+    train_keep_prob: float = param(0.5, "dropout keep probability while training", 0.05, 1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one char-RNN training run reads its data and optimises (the origin's flags)."""
+
+    num_seqs: int = param(32, "sequences per batch on each worker", 1, 4096)
+    num_steps: int = param(50, "characters per sequence (truncated BPTT length)", 2, 2000)
+    learning_rate: float = param(0.01, "Adam learning rate", 1e-6, 1.0)
+    max_steps: int = param(2000, "training steps to run", 1, 10_000_000)
+    grad_clip: float = param(5.0, "clip gradients to this global norm", 0.01, 1000.0)
+    val_frac: float = param(0.1, "fraction of the text (its end) held out for validation",
+                            0.0, 0.5)
+    max_vocab: int = param(3500, "keep at most this many distinct characters", 2, 100_000)
+    save_every_n: int = param(500, "checkpoint and validate every N steps", 1, 10_000_000)
+    log_every_n: int = param(50, "write a training log line every N steps", 1, 10_000_000)
+    seed: int = param(0, "random seed for batching and initialisation", 0, 2**31 - 1)
+    num_workers: int = param(1, "Ray Train workers (data-parallel)", 1, 256)
+    use_gpu: bool = param(False, "put one GPU on each worker")
+    max_failures: int = param(3, "worker failures to survive by resuming from a checkpoint",
+                              0, 100)
+    timeout_s: float = param(0.0, "wall-clock limit for the run in seconds (0: none)", 0, 7 * 86400)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Per-request sampling parameters, shared by the HTTP API and the offline sampler."""
+
+    prime: str = param("", "text the generated sequence starts from")
+    max_length: int = param(200, "characters to generate after the prime", 1, 10_000)
+    temperature: float = param(1.0, "softmax temperature; lower is more conservative", 0.01, 10.0)
+    top_k: int = param(0, "sample only among the k most likely characters (0: all)", 0, 100_000)
+    seed: int | None = param(None, "random seed; the same seed gives the same text", 0, 2**63 - 1)
+
+
+C = TypeVar("C")
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    """Turn a CLI/form string (or a JSON value) into the field's type, or raise ValueError."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{name}: expected an integer, got {value!r}")
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}: expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+        return number
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    annotation = str(f.type)
+    for kind in (bool, int, float):
+        if annotation.startswith(kind.__name__):
+            return kind
+    return str
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """Field name -> Python type (bool/int/float/str) for a config dataclass."""
+    return {f.name: _field_type(f) for f in dataclasses.fields(cls)}
+
+
+def parse_config(cls: type[C], values: dict[str, Any], *, strict: bool = True) -> C:
+    """Build a config from untrusted values, checking types, ranges and choices.
+
+    With `strict`, unknown keys are an error (an HTTP body or form with a typo must not be
+    silently ignored). Raises ValueError with a message naming the bad field.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if strict and unknown:
+        raise ValueError(f"unknown parameter(s): {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        if name not in fields or value is None:
+            continue
+        f = fields[name]
+        value = _coerce(name, value, _field_type(f))
+        meta = f.metadata
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ValueError(f"{name}: must be one of {', '.join(meta['choices'])}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if meta.get("lo") is not None and value < meta["lo"]:
+                raise ValueError(f"{name}: must be >= {meta['lo']}, got {value}")
+            if meta.get("hi") is not None and value > meta["hi"]:
+                raise ValueError(f"{name}: must be <= {meta['hi']}, got {value}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_json(config: Any) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def from_dict(cls: type[C], values: dict[str, Any]) -> C:
+    """Rebuild a stored config, ignoring keys a newer version may have added."""
+    return parse_config(cls, values, strict=False)
