@@ -1,0 +1,60 @@
+# rnnserve: `make run` starts the app on embedded defaults, `make test` runs the test suite.
+# Both create ./.venv and install the project into it first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+SHARED ?= $(abspath ../shared)
+export RNNSERVE_SHARED_DATA ?= $(SHARED)/data
+# Ray's Prometheus export port and the HTTP port of the Serve app.
+METRICS_PORT ?= 8080
+HTTP_PORT ?= 8000
+
+.PHONY: run stop test test-unit lint fuzz bench bench-train bench-sampling bench-classifier loadtest system-deps clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+system-deps:
+	bash scripts/system-deps.sh
+
+run: $(BIN)/.installed
+	$(BIN)/ray start --head --disable-usage-stats --include-dashboard=true \
+	  --dashboard-host 127.0.0.1 --metrics-export-port $(METRICS_PORT) 2>/dev/null \
+	  || echo "(reusing the running Ray head)"
+	@echo "Serve app:   http://127.0.0.1:$(HTTP_PORT)/   (API docs at /docs)"
+	@echo "Dashboard:   http://127.0.0.1:8265/   metrics: http://127.0.0.1:$(METRICS_PORT)/metrics"
+	$(BIN)/serve run serve_config.yaml
+
+stop:
+	-$(BIN)/serve shutdown -y
+	-$(BIN)/ray stop
+
+test: $(BIN)/.installed system-deps
+	$(PY) -m pytest -q -p no:cacheprovider --timeout 1500 tests
+
+test-unit: $(BIN)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+
+bench: bench-train bench-sampling bench-classifier
+
+bench-train: $(BIN)/.installed
+	$(PY) -m loadtest.bench_train
+
+bench-sampling: $(BIN)/.installed
+	$(PY) -m loadtest.bench_sampling
+
+bench-classifier: $(BIN)/.installed
+	$(PY) -m loadtest.bench_classifier
+
+clean:
+	rm -rf $(VENV) storage results

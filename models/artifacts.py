@@ -1,0 +1,44 @@
+"""Reading and writing a version's artifact directory (the layout in DESIGN.md).
+
+`config.json` (kind, architecture, training params), `vocab.json`, `model.weights.h5`,
+`metrics.json`. Only weights are stored as HDF5; everything a loader must trust is JSON, so
+loading a model never executes code from the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from models.config import CharRNNConfig, from_dict
+from models.vocab import Vocab
+
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+WEIGHTS_FILE = "model.weights.h5"
+METRICS_FILE = "metrics.json"
+
+
+def write_json(directory: str, filename: str, data: dict) -> None:
+    with open(os.path.join(directory, filename), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def read_json(directory: str, filename: str) -> dict:
+    with open(os.path.join(directory, filename), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_vocab(directory: str) -> Vocab:
+    with open(os.path.join(directory, VOCAB_FILE), encoding="utf-8") as f:
+        return Vocab.from_json(f.read())
+
+
+def load_charrnn(directory: str):
+    """(keras model with weights, CharRNNConfig, Vocab) from a version directory."""
+    from models.charrnn import build_charrnn
+
+    config = from_dict(CharRNNConfig, read_json(directory, CONFIG_FILE)["model"])
+    model = build_charrnn(config)
+    model.load_weights(os.path.join(directory, WEIGHTS_FILE))
+    return model, config, read_vocab(directory)

@@ -1,0 +1,87 @@
+"""Shared fixtures: one real Ray cluster per test session (ray.init costs ~15 s here).
+
+The cluster is a real `ray start --head` on loopback, so the same instance serves Ray Train
+runs, the Serve app, and `ray job submit`. It is told it has 4 CPUs on this 2-core machine so
+the Serve replicas and a 2-worker training run fit at once (they mostly wait on each other).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> str:
+    return (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def session_storage(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("storage")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(session_storage):
+    """A `ray start --head` cluster whose processes see RNNSERVE_STORAGE/DB of this session.
+
+    Yields a dict of addresses; `ray.init` is connected to it in this process.
+    """
+    import ray
+
+    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    env = {**os.environ, "RNNSERVE_STORAGE": str(session_storage),
+           "RNNSERVE_DB_URL": f"sqlite:///{session_storage}/registry.db",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL")})
+    temp_dir = f"/tmp/rnnserve-test-{os.getpid()}"
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+         "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
+         "--metrics-export-port", str(ports["metrics"]), "--temp-dir", temp_dir,
+         "--disable-usage-stats"],
+        check=True, env=env, cwd=REPO, capture_output=True)
+    address = f"127.0.0.1:{ports['gcs']}"
+    ray.init(address=address, log_to_driver=False)
+    info = {"address": address, "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
+            "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "env": env}
+    try:
+        yield info
+    finally:
+        ray.shutdown()
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def registry(ray_cluster, session_storage):
+    from registry import Registry, Settings
+
+    return Registry(Settings.from_env())
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    """Poll until predicate() is truthy; returns its value or fails the test with `what`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")

@@ -1,0 +1,154 @@
+"""The distributed training loop shared by every model family (runs inside a Ray Train worker).
+
+Keras `model.fit` fails under MultiWorkerMirroredStrategy with Keras 3 (a PerReplica
+conversion error), so this is a custom loop: `strategy.run` + `GradientTape`. A family
+supplies a `LoopTask` (model, per-worker batches, loss, evaluation); this module owns the
+strategy, checkpoint save/restore, reporting to Ray Train and the training log.
+
+Checkpoints hold `model.weights.h5`, the optimizer's variables (`optimizer.npz`) and
+`state.json` (step, metrics), so a restarted worker group continues at the saved step with
+the optimizer's moments intact instead of starting again at step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+WEIGHTS_FILE = "model.weights.h5"
+OPTIMIZER_FILE = "optimizer.npz"
+STATE_FILE = "state.json"
+
+
+@dataclass
+class LoopTask:
+    """What differs between model families; everything else is in `run_training_loop`."""
+
+    build_model: Callable[[], object]  # -> keras.Model, called inside strategy.scope()
+    # (worker_index, num_workers, start_step) -> iterator of (x, y) numpy batches for this worker
+    batches: Callable[[int, int, int], Iterator[tuple[np.ndarray, np.ndarray]]]
+    per_example_loss: Callable  # (y, model_output) -> loss per example, shape [batch]
+    evaluate: Callable[[object], dict]  # model -> validation metrics (floats)
+    global_batch_size: int  # examples per step summed over workers
+    items_per_example: int  # characters (or sequences) one example stands for, for throughput
+    learning_rate: float
+    grad_clip: float
+    max_steps: int
+    eval_every_n: int
+    log_every_n: int
+    log: Callable[[str], None]  # writes a training log line (the family decides where)
+    score_name: str  # metric by which checkpoints are ranked, e.g. "val_loss"
+    deadline: float | None = None  # time.time() after which the run stops with an error
+
+
+class TrainingTimeout(RuntimeError):
+    pass
+
+
+def _save_checkpoint(directory: str, model, optimizer, state: dict) -> None:
+    model.save_weights(os.path.join(directory, WEIGHTS_FILE))
+    np.savez(os.path.join(directory, OPTIMIZER_FILE),
+             *[np.asarray(v.numpy()) for v in optimizer.variables])
+    with open(os.path.join(directory, STATE_FILE), "w") as f:
+        json.dump(state, f)
+
+
+def _restore_checkpoint(directory: str, model, optimizer) -> dict:
+    model.load_weights(os.path.join(directory, WEIGHTS_FILE))
+    with np.load(os.path.join(directory, OPTIMIZER_FILE)) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(values) != len(optimizer.variables):
+        raise RuntimeError("checkpoint optimizer state does not match the model")
+    for variable, value in zip(optimizer.variables, values, strict=True):
+        variable.assign(value)
+    with open(os.path.join(directory, STATE_FILE)) as f:
+        return json.load(f)
+
+
+def run_training_loop(task: LoopTask) -> None:
+    """Train until `task.max_steps`, reporting metrics and checkpoints to Ray Train."""
+    import keras
+    import ray.train
+    import tensorflow as tf
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = task.build_model()
+        optimizer = keras.optimizers.Adam(task.learning_rate, global_clipnorm=task.grad_clip)
+        optimizer.build(model.trainable_variables)
+
+    step, best = 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = _restore_checkpoint(directory, model, optimizer)
+        step, best = state["step"], state.get("best")
+        if rank == 0:
+            task.log(f"resumed from checkpoint at step {step}")
+
+    @tf.function
+    def train_step(x, y):
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                output = model(x, training=True)
+                loss = tf.nn.compute_average_loss(
+                    task.per_example_loss(y, output), global_batch_size=task.global_batch_size)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        per_replica = strategy.run(replica_step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    batches = task.batches(rank, world, step)
+    window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
+    while step < task.max_steps:
+        if task.deadline is not None and time.time() > task.deadline:
+            raise TrainingTimeout(f"training exceeded its wall-clock limit at step {step}")
+        x, y = next(batches)
+        loss = float(train_step(tf.constant(x), tf.constant(y)))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {step}")
+        step += 1
+        window_steps += 1
+        window_loss += loss
+        if step % task.log_every_n == 0 and rank == 0:
+            elapsed = time.perf_counter() - window_start
+            rate = window_steps * task.global_batch_size * task.items_per_example / elapsed
+            task.log(f"step {step}/{task.max_steps} loss {window_loss / window_steps:.4f} "
+                     f"{rate:,.0f} items/s")
+        if step % task.eval_every_n == 0 or step == task.max_steps:
+            elapsed = time.perf_counter() - window_start
+            metrics = {
+                "step": step,
+                "train_loss": window_loss / max(window_steps, 1),
+                "items_per_s": window_steps * task.global_batch_size * task.items_per_example
+                / max(elapsed, 1e-9),
+                **task.evaluate(model),
+            }
+            score = metrics[task.score_name]
+            best = score if best is None else best
+            best = min(best, score) if task.score_name.endswith("loss") else max(best, score)
+            state = {"step": step, "best": best, "metrics": metrics}
+            with tempfile.TemporaryDirectory() as directory:
+                # Every worker writes (saving may need all of them), only rank 0's is kept.
+                _save_checkpoint(directory, model, optimizer, state)
+                ray.train.report(metrics, checkpoint=(ray.train.Checkpoint.from_directory(directory)
+                                                      if rank == 0 else None))
+            if rank == 0:
+                task.log(_format_metrics(metrics))
+            window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
+
+
+def _format_metrics(metrics: dict) -> str:
+    parts = [f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+             for key, value in metrics.items()]
+    return "checkpoint: " + " ".join(parts)
