@@ -55,6 +55,7 @@ class TrainConfig:
     max_failures: int = param(3, "worker failures to survive by resuming from a checkpoint",
                               0, 100)
     timeout_s: float = param(0.0, "wall-clock limit for the run in seconds (0: none)", 0, 7 * 86400)
+    init_from: str = param("", "NAME or NAME:VERSION of a model to continue training from")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from models.config import CharRNNConfig, TrainConfig
 from models.vocab import Vocab
 from registry import NotFound, Registry, Settings, VersionRecord
 from trainers.charrnn_data import split_corpus
-from trainers.cli import add_config_flags, config_from_flags
+from trainers.cli import add_config_flags, config_from_flags, parse_model_ref
 from trainers.job import RegistryLog, UserError, run_job
 
 KIND = "charrnn"
@@ -105,19 +105,12 @@ def read_text(registry: Registry, input_file: str) -> str:
         raise UserError(f"input file is not UTF-8 text (byte {error.start})") from None
 
 
-def parse_init_from(value: str) -> tuple[str, int | None]:
-    name, _, version = value.partition(":")
-    if version and not version.isdigit():
-        raise UserError(f"--init_from must be NAME or NAME:VERSION, got {value!r}")
-    return name, int(version) if version else None
-
-
 def load_parent(registry: Registry, init_from: str, text: str):
     """(model config, vocab, weights bytes) of the version to continue from."""
-    name, version = parse_init_from(init_from)
     try:
+        name, version = parse_model_ref(init_from)
         record, directory = registry.fetch_version(name, version)
-    except NotFound as error:
+    except (NotFound, ValueError) as error:
         raise UserError(f"--init_from {init_from}: {error}") from None
     if record.kind != KIND:
         raise UserError(f"--init_from {init_from} is a {record.kind} model, not {KIND}")
@@ -143,9 +136,9 @@ def train_charrnn(args: argparse.Namespace, model_config: CharRNNConfig, train: 
         registry = Registry(settings)
         text = read_text(registry, args.input_file)
         init_weights = None
-        if args.init_from:
-            config, vocab, init_weights = load_parent(registry, args.init_from, text)
-            log(f"continuing from {args.init_from}; keeping its architecture and vocabulary")
+        if train.init_from:
+            config, vocab, init_weights = load_parent(registry, train.init_from, text)
+            log(f"continuing from {train.init_from}; keeping its architecture and vocabulary")
         else:
             vocab = Vocab.from_text(text, train.max_vocab)
             config = dataclasses.replace(model_config, vocab_size=vocab.size)
@@ -173,7 +166,7 @@ def train_charrnn(args: argparse.Namespace, model_config: CharRNNConfig, train: 
                 os.remove(path)
         write_json(output_dir, CONFIG_FILE, {
             "kind": KIND, "model": dataclasses.asdict(config), "train": dataclasses.asdict(train),
-            "init_from": args.init_from})
+            "init_from": train.init_from})
         with open(os.path.join(output_dir, VOCAB_FILE), "w", encoding="utf-8") as f:
             f.write(vocab.to_json())
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -189,7 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input_file", required=True, help="UTF-8 text to train on")
     parser.add_argument("--name", required=True, help="model name in the registry")
-    parser.add_argument("--init_from", default=None, help="NAME[:VERSION] to continue training")
     parser.add_argument("--version", type=int, default=None,
                         help="attach to this queued version (the server passes it)")
     parser.add_argument("--storage", default=None, help="storage root (env RNNSERVE_STORAGE)")
@@ -210,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in {"storage": args.storage, "db_url": args.db_url}.items() if v}
     settings = Settings.from_env(**overrides)
     params = {**dataclasses.asdict(model_config), **dataclasses.asdict(train),
-              "input_file": args.input_file, "init_from": args.init_from}
+              "input_file": args.input_file}
     params.pop("vocab_size")
     return run_job(settings, args.name, KIND, params, args.version,
                    train_charrnn(args, model_config, train, settings), SCORE,

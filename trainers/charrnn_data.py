@@ -24,17 +24,26 @@ class CorpusTooShort(ValueError):
 def split_corpus(ids: np.ndarray, val_frac: float, num_seqs: int,
                  num_steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The first (1 - val_frac) of the text for training, the tail for validation."""
-    val_len = int(len(ids) * val_frac)
-    train, val = ids[: len(ids) - val_len], ids[len(ids) - val_len:]
+    val_len = check_corpus_length(len(ids), val_frac, num_seqs, num_steps)
+    return ids[: len(ids) - val_len], ids[len(ids) - val_len:]
+
+
+def check_corpus_length(num_chars: int, val_frac: float, num_seqs: int, num_steps: int) -> int:
+    """Raise CorpusTooShort unless the text fills one batch after the split; returns val length.
+
+    The server calls this on an upload before storing it, so a hopeless job is never queued.
+    """
+    val_len = int(num_chars * val_frac)
+    train_len = num_chars - val_len
     needed = num_seqs * num_steps + 1
-    if len(train) < needed:
+    if train_len < needed:
         raise CorpusTooShort(
-            f"the training part of the text has {len(train)} characters; num_seqs * num_steps + 1"
+            f"the training part of the text has {train_len} characters; num_seqs * num_steps + 1"
             f" = {needed} are needed (upload more text or lower num_seqs/num_steps)")
-    if val_frac > 0 and len(val) < 2:
+    if val_frac > 0 and val_len < 2:
         raise CorpusTooShort(f"the validation part ({val_frac:.0%} of the text) has fewer than"
                              " 2 characters; upload more text or lower val_frac")
-    return train, val
+    return val_len
 
 
 def train_batches(train: np.ndarray, num_seqs: int, num_steps: int, seed: int, worker: int,

@@ -28,3 +28,11 @@ def config_from_flags(cls: type, args: argparse.Namespace):
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     return parse_config(cls, given)
+
+
+def parse_model_ref(reference: str) -> tuple[str, int | None]:
+    """`NAME` or `NAME:VERSION` (as in --init_from) -> (name, version or None)."""
+    name, _, version = reference.partition(":")
+    if not name or (version and not version.isdigit()):
+        raise ValueError(f"expected NAME or NAME:VERSION, got {reference!r}")
+    return name, int(version) if version else None

@@ -1,0 +1,206 @@
+"""The HTTP front door (FastAPI under @serve.ingress): the contract in DESIGN.md.
+
+The ingress owns no model: it validates input, talks to the registry and the job client, and
+routes generation/prediction to the Generator/Classifier deployments with a multiplexed model
+id `name:version`, resolving the `production` alias here so a promotion takes effect at the
+next request without restarting a replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from ray import serve
+
+from deployments.errors import ApiError, install_error_handlers
+from deployments.jobs import TrainingJobs
+from deployments.limits import Limits
+from deployments.schemas import GenerateRequest, PromoteRequest, sample_config
+from registry import Registry, Settings, validate_name
+from trainers.cli import parse_model_ref
+from trainers.families import FAMILIES
+
+logger = logging.getLogger("ray.serve")
+PAGE = Path(__file__).with_name("web") / "index.html"
+FORM_FIELDS = ("file", "name", "kind")
+
+app = FastAPI(title="rnnserve", version="0.1.0",
+              description="Train character-level RNN/LSTM models on Ray and serve them.")
+install_error_handlers(app)
+
+
+class Overloaded(Exception):
+    """The Generator's waiting queue is full (raised in the replica, caught here)."""
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, generator, classifier=None, settings: dict | None = None,
+                 limits: dict | None = None, dashboard_address: str | None = None,
+                 job_sync_interval_s: float = 5.0):
+        self.settings = Settings.from_env(**(settings or {}))
+        self.registry = Registry(self.settings)
+        self.limits = Limits.from_dict(limits or {})
+        self.generator = generator
+        self.classifier = classifier
+        self.jobs = TrainingJobs(self.settings, dashboard_address)
+        self._sync_task = asyncio.get_event_loop().create_task(self._sync_jobs(job_sync_interval_s))
+
+    async def _sync_jobs(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.jobs.sync_statuses, self.registry)
+            except Exception:  # noqa: BLE001 - a failed poll must not end the loop
+                logger.exception("job status sync failed")
+
+    # ---- pages and liveness ---------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    # ---- models ---------------------------------------------------------------------------
+    @app.post("/models", status_code=202)
+    async def upload(self, request: Request, file: UploadFile = File(...),
+                     name: str = Form(...), kind: str = Form("charrnn")) -> JSONResponse:
+        """Store the upload, queue a version and submit its training job (hyperparameters as
+        extra form fields named like the trainer's flags, e.g. `max_steps`, `lstm_size`)."""
+        validate_name(name)
+        family = FAMILIES.get(kind)
+        if family is None:
+            raise ApiError(400, f"unknown kind {kind!r}", {"kinds": sorted(FAMILIES)})
+        form = await request.form()
+        raw = {k: v for k, v in form.items() if k not in FORM_FIELDS}
+        if any(not isinstance(v, str) for v in raw.values()):
+            raise ApiError(400, "only one file may be uploaded, in the field 'file'")
+        try:
+            params = family.parse_params(raw)
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+        data = await file.read(self.limits.max_upload_bytes + 1)
+        if len(data) > self.limits.max_upload_bytes:
+            raise ApiError(413, f"upload larger than {self.limits.max_upload_bytes} bytes")
+        self.limits.check_upload(family, data, params)
+        init_from = params.get("init_from")
+        if init_from:
+            try:
+                self.registry.get_version(*parse_model_ref(init_from))
+            except ValueError as error:
+                raise ApiError(400, str(error)) from None
+        relpath = self.registry.artifacts.upload_path(name, file.filename or "upload")
+        await asyncio.to_thread(self.registry.artifacts.put_bytes, relpath, data)
+        try:
+            record = self.registry.create_version(name, kind, {**params, "input_file": relpath})
+        except Exception:
+            self.registry.artifacts.delete(relpath)
+            raise
+        try:
+            job_id = await asyncio.to_thread(self.jobs.submit, family, record, relpath, params)
+        except Exception as error:  # noqa: BLE001 - the version must not stay queued forever
+            self.registry.append_logs(name, record.version, [f"job submission failed: {error}"])
+            self.registry.update_version(name, record.version, status="failed")
+            raise ApiError(503, "could not submit the training job", str(error)) from None
+        self.registry.update_version(name, record.version, job_id=job_id)
+        return JSONResponse({"name": name, "version": record.version, "job_id": job_id,
+                             "status": "queued", "kind": kind}, status_code=202)
+
+    @app.get("/models")
+    async def list_models(self) -> dict:
+        return {"models": self.registry.list_models()}
+
+    @app.get("/models/{name}")
+    async def get_model(self, name: str) -> dict:
+        return self.registry.get_model(validate_name(name))
+
+    @app.get("/models/{name}/versions/{version}/logs")
+    async def logs(self, name: str, version: int, offset: int = Query(0, ge=0),
+                   limit: int = Query(1000, ge=1, le=10_000)) -> dict:
+        record = self.registry.get_version(validate_name(name), version)
+        lines = self.registry.read_logs(name, version, offset, limit)
+        return {"name": name, "version": version, "status": record.status, "offset": offset,
+                "next_offset": offset + len(lines), "lines": lines}
+
+    @app.post("/models/{name}/promote")
+    async def promote(self, name: str, body: PromoteRequest) -> dict:
+        self.registry.set_alias(validate_name(name), "production", body.version)
+        self.registry.append_logs(name, body.version, ["promoted to production by request"])
+        return {"name": name, "production": body.version}
+
+    @app.post("/models/{name}/versions/{version}/cancel")
+    async def cancel(self, name: str, version: int) -> dict:
+        record = self.registry.get_version(validate_name(name), version)
+        if record.status not in ("queued", "training"):
+            raise ApiError(409, f"version {version} is {record.status}, not running")
+        if record.job_id:
+            try:
+                await asyncio.to_thread(self.jobs.stop, record.job_id)
+            except Exception as error:  # noqa: BLE001 - the job may already be gone
+                logger.warning("stopping job %s: %s", record.job_id, error)
+        self.registry.append_logs(name, version, ["cancelled by request"])
+        self.registry.update_version(name, version, status="cancelled")
+        return {"name": name, "version": version, "status": "cancelled"}
+
+    @app.delete("/models/{name}")
+    async def delete(self, name: str) -> dict:
+        for record in self.registry.list_versions(validate_name(name)):
+            if record.status in ("queued", "training") and record.job_id:
+                try:
+                    await asyncio.to_thread(self.jobs.stop, record.job_id)
+                except Exception as error:  # noqa: BLE001
+                    logger.warning("stopping job %s: %s", record.job_id, error)
+        await asyncio.to_thread(self.registry.delete_model, name)
+        return {"name": name, "deleted": True}
+
+    # ---- inference ------------------------------------------------------------------------
+    def _servable(self, name: str, version: int | None, kind: str):
+        record = self.registry.get_version(validate_name(name), version)
+        if record.kind != kind:
+            raise ApiError(400, f"model {name} is a {record.kind} model, not {kind}")
+        if record.status != "ready":
+            raise ApiError(409, f"version {record.version} of {name} is {record.status}, "
+                                "not ready")
+        return record, f"{name}:{record.version}"
+
+    @app.post("/models/{name}/generate")
+    async def generate(self, name: str, body: GenerateRequest):
+        record, model_id = self._servable(name, body.version, "charrnn")
+        sample = sample_config(body)
+        self.limits.check_sample(sample)
+        handle = self.generator.options(multiplexed_model_id=model_id)
+        started = time.perf_counter()
+        if body.stream:
+            chunks = handle.options(stream=True).stream.remote(sample)
+            try:
+                first = await chunks.__anext__()  # errors (queue full) become a status code here
+            except StopAsyncIteration:
+                first = ""
+            except Overloaded as error:
+                raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+            return StreamingResponse(_prepend(first, chunks),
+                                     media_type="text/plain; charset=utf-8",
+                                     headers={"X-Model": name,
+                                              "X-Model-Version": str(record.version)})
+        try:
+            result = await handle.generate.remote(sample)
+        except Overloaded as error:
+            raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+        return {**result, "model": name, "version": record.version, "prime": sample.prime,
+                "seconds": round(time.perf_counter() - started, 4)}
+
+
+async def _prepend(first: str, rest):
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
+

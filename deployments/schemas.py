@@ -1,0 +1,44 @@
+"""HTTP request bodies, generated from the config dataclasses so each parameter is defined once."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from models.config import SampleConfig, field_types
+
+
+def _pydantic_fields(cls: type) -> dict[str, Any]:
+    types = field_types(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        limits = {k: meta[src] for k, src in (("ge", "lo"), ("le", "hi")) if meta.get(src) is not None}
+        kind = types[f.name]
+        annotation = kind | None if f.default is None else kind
+        fields[f.name] = (annotation, Field(f.default, description=meta.get("help"), **limits))
+    return fields
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+GenerateRequest = create_model(
+    "GenerateRequest",
+    __base__=_Strict,
+    stream=(bool, Field(False, description="stream text as it is sampled (chunked text/plain)")),
+    version=(int | None, Field(None, ge=1, description="model version (default: production)")),
+    **_pydantic_fields(SampleConfig),
+)
+
+
+class PromoteRequest(_Strict):
+    version: int = Field(..., ge=1, description="version to take the production alias")
+
+
+def sample_config(request: BaseModel) -> SampleConfig:
+    names = {f.name for f in dataclasses.fields(SampleConfig)}
+    return SampleConfig(**{k: v for k, v in request.model_dump().items() if k in names})
