@@ -16,6 +16,10 @@ class ApiError(Exception):
         self.status, self.error, self.detail, self.headers = status, error, detail, headers
 
 
+class Overloaded(Exception):
+    """A model's waiting queue is full: raised in a Generator replica, answered 503 here."""
+
+
 def error_response(status: int, error: str, detail=None, headers=None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 

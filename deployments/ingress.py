@@ -17,7 +17,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
-from deployments.errors import ApiError, install_error_handlers
+from deployments.errors import ApiError, Overloaded, install_error_handlers
 from deployments.jobs import TrainingJobs
 from deployments.limits import Limits
 from deployments.schemas import GenerateRequest, PromoteRequest, sample_config
@@ -32,10 +32,6 @@ FORM_FIELDS = ("file", "name", "kind")
 app = FastAPI(title="rnnserve", version="0.1.0",
               description="Train character-level RNN/LSTM models on Ray and serve them.")
 install_error_handlers(app)
-
-
-class Overloaded(Exception):
-    """The Generator's waiting queue is full (raised in the replica, caught here)."""
 
 
 @serve.deployment

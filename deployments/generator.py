@@ -1,0 +1,131 @@
+"""Generator deployment: multiplexed char-RNN models, each with a continuous-batching engine.
+
+A replica keeps up to `max_models_per_replica` models loaded (LRU, via @serve.multiplexed);
+the ingress routes each request with the model id `name:version`, so requests for one model
+land on replicas that already hold it. Each loaded model owns a SamplingEngine whose loop
+runs one batched step for every active sequence of that model; this class only adapts the
+engine to Serve (requests, streaming, metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from ray import serve
+
+from deployments.engine import QueueFull, SamplingEngine
+from deployments.errors import Overloaded
+from deployments.metrics import GeneratorMetrics
+from models.artifacts import load_charrnn
+from models.config import SampleConfig
+from models.runner import StepRunner
+from registry import Registry, Settings
+from trainers.cli import parse_model_ref
+
+
+def enable_gpu_memory_growth() -> None:
+    """Several models share a GPU replica: let TensorFlow grow memory instead of taking it all."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+
+
+class LoadedModel:
+    """A model's engine and the task driving it; unloading (LRU eviction) stops the task."""
+
+    def __init__(self, model_id: str, engine: SamplingEngine, on_unload):
+        self.model_id, self.engine, self._on_unload = model_id, engine, on_unload
+        self.task = asyncio.get_running_loop().create_task(engine.run())
+
+    def __del__(self):
+        # Sequences already admitted finish first: an evicted model does not fail requests.
+        self.engine.close()
+        self._on_unload(self.model_id)
+
+
+@serve.deployment
+class Generator:
+    def __init__(self, settings: dict | None = None, max_models_per_replica: int = 4,
+                 max_batch: int = 64, max_waiting: int = 512):
+        enable_gpu_memory_growth()
+        self.registry = Registry(Settings.from_env(**(settings or {})))
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.metrics = GeneratorMetrics()
+        self.loaded: set[str] = set()
+
+        async def load(model_id: str) -> LoadedModel:
+            return await self._load(model_id)
+
+        # Decorated here (not on the class) so the cache size comes from serve_config.yaml.
+        self.get_model = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(load)
+
+    async def _load(self, model_id: str) -> LoadedModel:
+        started = time.perf_counter()
+        name, version = parse_model_ref(model_id)
+        _, directory = await asyncio.to_thread(self.registry.fetch_version, name, version)
+        model, config, vocab = await asyncio.to_thread(load_charrnn, directory)
+        runner = StepRunner.from_model(model, config)
+        engine = SamplingEngine(runner, vocab, max_batch=self.max_batch,
+                                max_waiting=self.max_waiting)
+        self.metrics.model_load_seconds.observe(time.perf_counter() - started,
+                                                tags={"model": model_id})
+        self.loaded.add(model_id)
+        return LoadedModel(model_id, engine, self.loaded.discard)
+
+    async def _engine(self) -> tuple[str, SamplingEngine]:
+        model_id = serve.get_multiplexed_model_id()
+        counter = self.metrics.cache_hits if model_id in self.loaded else self.metrics.cache_misses
+        counter.inc(tags={"model": model_id})
+        return model_id, (await self.get_model(model_id)).engine
+
+    def _submit(self, engine: SamplingEngine, model_id: str, sample: SampleConfig):
+        try:
+            handle = engine.submit(sample)
+        except QueueFull as error:
+            raise Overloaded(f"model {model_id} is busy: {error}") from None
+        self.metrics.queue_depth.set(engine.queue_depth, tags={"model": model_id})
+        return handle
+
+    def _record(self, model_id: str, engine: SamplingEngine, handle, chars: int) -> None:
+        tags = {"model": model_id}
+        self.metrics.chars.inc(chars, tags=tags)
+        for occupancy in engine.drain_occupancy():
+            self.metrics.batch_occupancy.observe(occupancy, tags=tags)
+        self.metrics.queue_depth.set(engine.queue_depth, tags=tags)
+        if handle.first_char_at is not None:
+            self.metrics.time_to_first_char.observe(handle.first_char_at - handle.submitted_at,
+                                                    tags=tags)
+            if chars > 1 and handle.finished_at is not None:
+                per_char = (handle.finished_at - handle.first_char_at) / (chars - 1)
+                self.metrics.char_latency.observe(per_char, tags=tags)
+
+    async def generate(self, sample: SampleConfig) -> dict:
+        model_id, engine = await self._engine()
+        handle = self._submit(engine, model_id, sample)
+        try:
+            text = await handle.result()
+        finally:
+            handle.cancel()  # no-op when finished; frees the slot if this call was cancelled
+        self._record(model_id, engine, handle, len(text))
+        return {"text": sample.prime + text, "generated": text, "generated_chars": len(text),
+                "time_to_first_char_s": _seconds(handle.first_char_at, handle.submitted_at)}
+
+    async def stream(self, sample: SampleConfig):
+        """Yield text chunks as they are sampled; a client that goes away cancels the sequence
+        (this generator is closed), which frees its batch slot at the next step."""
+        model_id, engine = await self._engine()
+        handle = self._submit(engine, model_id, sample)
+        sent = 0
+        try:
+            async for chunk in handle:
+                sent += len(chunk)
+                yield chunk
+        finally:
+            handle.cancel()
+            self._record(model_id, engine, handle, sent)
+
+
+def _seconds(end: float | None, start: float) -> float | None:
+    return None if end is None else round(end - start, 4)
