@@ -1,0 +1,10 @@
+"""Model registry: records in a SQL database, artifacts on shared storage."""
+
+from registry.artifacts import ArtifactStore
+from registry.errors import Conflict, InvalidName, NotFound, RegistryError
+from registry.names import validate_name
+from registry.settings import Settings
+from registry.store import STATUSES, Registry, VersionRecord
+
+__all__ = ["ArtifactStore", "Conflict", "InvalidName", "NotFound", "Registry", "RegistryError",
+           "STATUSES", "Settings", "VersionRecord", "validate_name"]

@@ -1,0 +1,347 @@
+"""The Registry: models, versions, training log lines and aliases over one SQLAlchemy database,
+with artifacts on shared storage.
+
+Writers are many processes at once (the server, training drivers, Ray Train workers writing
+log lines), so every write is one short transaction, and the few that allocate numbers
+(version numbers, log positions) retry when a concurrent writer took the same number first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from registry import schema
+from registry.artifacts import ArtifactStore
+from registry.errors import Conflict, NotFound
+from registry.names import validate_name
+from registry.settings import Settings
+
+STATUSES = ("queued", "training", "ready", "failed", "cancelled")
+TERMINAL = ("ready", "failed", "cancelled")
+T = TypeVar("T")
+
+
+@dataclass
+class VersionRecord:
+    name: str
+    kind: str
+    version: int
+    status: str
+    params: dict
+    metrics: dict
+    artifact_uri: str | None
+    job_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict:
+        return {**{k: getattr(self, k) for k in ("name", "kind", "version", "status", "params",
+                                                 "metrics", "artifact_uri", "job_id")},
+                "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at)}
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _make_engine(url: str) -> sa.Engine:
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    path = url.split(":///", 1)[-1]
+    if path and path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(connection, _record):
+        # WAL lets readers run beside one writer; busy_timeout makes writers wait, not fail.
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+class Registry:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings.from_env()
+        self.engine = _make_engine(self.settings.db_url)
+        self.artifacts = ArtifactStore(self.settings.storage, self.settings.s3_endpoint)
+        self._retry(lambda: schema.metadata.create_all(self.engine))
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def _retry(self, work: Callable[[], T], attempts: int = 20) -> T:
+        """Run `work` again when a concurrent writer got in first (unique number taken,
+        database locked); any other error goes straight to the caller."""
+        for attempt in range(attempts):
+            try:
+                return work()
+            except (IntegrityError, OperationalError) as error:
+                transient = isinstance(error, IntegrityError) or "locked" in str(error) \
+                    or "already exists" in str(error)
+                if not transient or attempt == attempts - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1) + random.random() * 0.02)
+        raise AssertionError("unreachable")
+
+    def _model_row(self, conn, name: str):
+        row = conn.execute(sa.select(schema.models).where(
+            schema.models.c.name == validate_name(name))).first()
+        if row is None:
+            raise NotFound(f"model {name!r} not found")
+        return row
+
+    def _version_row(self, conn, name: str, version: int):
+        model = self._model_row(conn, name)
+        row = conn.execute(sa.select(schema.versions).where(
+            schema.versions.c.model_id == model.id,
+            schema.versions.c.version == version)).first()
+        if row is None:
+            raise NotFound(f"model {name!r} has no version {version}")
+        return model, row
+
+    @staticmethod
+    def _record(model, row) -> VersionRecord:
+        return VersionRecord(name=model.name, kind=model.kind, version=row.version,
+                             status=row.status, params=dict(row.params or {}),
+                             metrics=dict(row.metrics or {}), artifact_uri=row.artifact_uri,
+                             job_id=row.job_id, created_at=row.created_at,
+                             updated_at=row.updated_at)
+
+    # ---- versions -------------------------------------------------------------------------
+    def create_version(self, name: str, kind: str = "charrnn", params: dict | None = None,
+                       status: str = "queued") -> VersionRecord:
+        validate_name(name)
+        if status not in ("queued", "training"):
+            raise ValueError(f"a new version starts queued or training, not {status}")
+
+        def attempt() -> VersionRecord:
+            with self.engine.begin() as conn:
+                model = conn.execute(sa.select(schema.models).where(
+                    schema.models.c.name == name)).first()
+                if model is None:
+                    conn.execute(schema.models.insert().values(
+                        name=name, kind=kind, created_at=_now()))
+                    model = self._model_row(conn, name)
+                if model.kind != kind:
+                    raise Conflict(f"model {name!r} is a {model.kind} model, not {kind}")
+                latest = conn.execute(sa.select(sa.func.max(schema.versions.c.version)).where(
+                    schema.versions.c.model_id == model.id)).scalar() or 0
+                now = _now()
+                conn.execute(schema.versions.insert().values(
+                    model_id=model.id, version=latest + 1, status=status,
+                    params=params or {}, metrics={}, created_at=now, updated_at=now))
+                return self._record(model, self._version_row(conn, name, latest + 1)[1])
+
+        return self._retry(attempt)
+
+    def get_version(self, name: str, version: int | None = None) -> VersionRecord:
+        """That version; or with None, the production version, else the latest ready one."""
+        with self.engine.connect() as conn:
+            model = self._model_row(conn, name)
+            if version is None:
+                version = self._alias_version(conn, model.id, "production")
+            if version is None:
+                version = conn.execute(sa.select(sa.func.max(schema.versions.c.version)).where(
+                    schema.versions.c.model_id == model.id,
+                    schema.versions.c.status == "ready")).scalar()
+                if version is None:
+                    raise NotFound(f"model {name!r} has no ready version")
+            return self._record(model, self._version_row(conn, name, version)[1])
+
+    def list_versions(self, name: str) -> list[VersionRecord]:
+        with self.engine.connect() as conn:
+            model = self._model_row(conn, name)
+            rows = conn.execute(sa.select(schema.versions).where(
+                schema.versions.c.model_id == model.id).order_by(schema.versions.c.version))
+            return [self._record(model, row) for row in rows]
+
+    def update_version(self, name: str, version: int, *, status: str | None = None,
+                       metrics: dict | None = None, job_id: str | None = None,
+                       artifact_uri: str | None = None,
+                       params: dict | None = None) -> VersionRecord:
+        if status == "ready":
+            raise ValueError("a version becomes ready only through publish_version")
+        return self._update(name, version, status=status, metrics=metrics, job_id=job_id,
+                            artifact_uri=artifact_uri, params=params)
+
+    def _update(self, name, version, *, status=None, metrics=None, job_id=None,
+                artifact_uri=None, params=None) -> VersionRecord:
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+
+        def attempt() -> VersionRecord:
+            with self.engine.begin() as conn:
+                model, row = self._version_row(conn, name, version)
+                if status is not None and row.status in TERMINAL and status != row.status:
+                    raise Conflict(f"version {version} of {name!r} is already {row.status}")
+                values = {"updated_at": _now()}
+                if status is not None:
+                    values["status"] = status
+                if metrics is not None:
+                    values["metrics"] = {**(row.metrics or {}), **metrics}
+                if params is not None:
+                    values["params"] = params
+                if job_id is not None:
+                    values["job_id"] = job_id
+                if artifact_uri is not None:
+                    values["artifact_uri"] = artifact_uri
+                # The status in WHERE makes this a compare-and-set against concurrent writers.
+                result = conn.execute(schema.versions.update().where(
+                    schema.versions.c.id == row.id,
+                    schema.versions.c.status == row.status).values(**values))
+                if result.rowcount != 1:
+                    raise IntegrityError("status changed concurrently", None, Exception())
+                return self._record(model, self._version_row(conn, name, version)[1])
+
+        return self._retry(attempt)
+
+    def publish_version(self, name: str, version: int, local_dir: str,
+                        metrics: dict | None = None) -> VersionRecord:
+        """Copy the artifacts to storage, then (only then) mark the version ready."""
+        record = self.get_version(name, version)
+        if record.status in TERMINAL:
+            raise Conflict(f"version {version} of {name!r} is already {record.status}")
+        relpath = self.artifacts.version_path(name, version)
+        self.artifacts.upload_dir(local_dir, relpath)
+        return self._update(name, version, status="ready", metrics=metrics or {},
+                            artifact_uri=self.artifacts.uri(relpath))
+
+    def fetch_version(self, name: str, version: int | None = None,
+                      dest_dir: str | None = None) -> tuple[VersionRecord, str]:
+        """A ready version and a local directory holding its artifacts."""
+        record = self.get_version(name, version)
+        if record.status != "ready":
+            raise Conflict(f"version {record.version} of {name!r} is {record.status}, not ready")
+        relpath = self.artifacts.version_path(name, record.version)
+        local = self.artifacts.local_dir(relpath)
+        if local is not None:
+            return record, local
+        digest = hashlib.sha1(f"{self.settings.storage}/{relpath}".encode()).hexdigest()[:16]
+        dest = dest_dir or os.path.join(tempfile.gettempdir(), "rnnserve-cache", digest)
+        if not os.path.isdir(dest):
+            staging = f"{dest}.tmp-{os.getpid()}-{random.randrange(1 << 30)}"
+            self.artifacts.download_dir(relpath, staging)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            try:
+                os.rename(staging, dest)
+            except OSError:  # another process finished the same download first
+                pass
+        return record, dest
+
+    # ---- models ---------------------------------------------------------------------------
+    def list_models(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            names = [row.name for row in conn.execute(
+                sa.select(schema.models.c.name).order_by(schema.models.c.name))]
+        summaries = []
+        for name in names:
+            try:
+                summaries.append(self._summary(name))
+            except NotFound:  # deleted meanwhile
+                continue
+        return summaries
+
+    def _summary(self, name: str) -> dict:
+        model = self.get_model(name)
+        versions = model["versions"]
+        latest = versions[-1] if versions else None
+        production = model["aliases"].get("production")
+        shown = next((v for v in versions if v["version"] == production), None) or next(
+            (v for v in reversed(versions) if v["status"] == "ready"), None)
+        return {"name": name, "kind": model["kind"], "created_at": model["created_at"],
+                "latest_version": latest["version"] if latest else None,
+                "status": latest["status"] if latest else None,
+                "production_version": production,
+                "metrics": shown["metrics"] if shown else {}}
+
+    def get_model(self, name: str) -> dict:
+        with self.engine.connect() as conn:
+            model = self._model_row(conn, name)
+            aliases = {row.alias: row.version for row in conn.execute(
+                sa.select(schema.aliases).where(schema.aliases.c.model_id == model.id))}
+        return {"name": model.name, "kind": model.kind, "created_at": _iso(model.created_at),
+                "versions": [v.to_dict() for v in self.list_versions(name)], "aliases": aliases}
+
+    def delete_model(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            model = self._model_row(conn, name)
+            version_ids = sa.select(schema.versions.c.id).where(
+                schema.versions.c.model_id == model.id)
+            conn.execute(schema.log_lines.delete().where(
+                schema.log_lines.c.version_id.in_(version_ids)))
+            conn.execute(schema.aliases.delete().where(schema.aliases.c.model_id == model.id))
+            conn.execute(schema.versions.delete().where(schema.versions.c.model_id == model.id))
+            conn.execute(schema.models.delete().where(schema.models.c.id == model.id))
+        self.artifacts.delete(f"models/{name}")
+        self.artifacts.delete(f"uploads/{name}")
+
+    # ---- aliases --------------------------------------------------------------------------
+    @staticmethod
+    def _alias_version(conn, model_id: int, alias: str) -> int | None:
+        return conn.execute(sa.select(schema.aliases.c.version).where(
+            schema.aliases.c.model_id == model_id, schema.aliases.c.alias == alias)).scalar()
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        def attempt() -> None:
+            with self.engine.begin() as conn:
+                model, row = self._version_row(conn, name, version)
+                if row.status != "ready":
+                    raise Conflict(f"version {version} of {name!r} is {row.status}, not ready")
+                updated = conn.execute(schema.aliases.update().where(
+                    schema.aliases.c.model_id == model.id, schema.aliases.c.alias == alias
+                ).values(version=version)).rowcount
+                if not updated:
+                    conn.execute(schema.aliases.insert().values(
+                        model_id=model.id, alias=alias, version=version))
+
+        self._retry(attempt)
+
+    def get_alias(self, name: str, alias: str) -> int | None:
+        with self.engine.connect() as conn:
+            return self._alias_version(conn, self._model_row(conn, name).id, alias)
+
+    # ---- training logs --------------------------------------------------------------------
+    def append_logs(self, name: str, version: int, lines: list[str]) -> int:
+        """Append lines at the next positions; returns the position after the last one."""
+        def attempt() -> int:
+            with self.engine.begin() as conn:
+                _, row = self._version_row(conn, name, version)
+                start = conn.execute(sa.select(sa.func.count()).where(
+                    schema.log_lines.c.version_id == row.id)).scalar()
+                if lines:
+                    conn.execute(schema.log_lines.insert(), [
+                        {"version_id": row.id, "position": start + i, "text": text}
+                        for i, text in enumerate(lines)])
+                return start + len(lines)
+
+        return self._retry(attempt)
+
+    def read_logs(self, name: str, version: int, offset: int = 0,
+                  limit: int = 1000) -> list[str]:
+        with self.engine.connect() as conn:
+            _, row = self._version_row(conn, name, version)
+            return [r.text for r in conn.execute(
+                sa.select(schema.log_lines.c.text).where(
+                    schema.log_lines.c.version_id == row.id,
+                    schema.log_lines.c.position >= offset)
+                .order_by(schema.log_lines.c.position).limit(limit))]
