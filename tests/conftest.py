@@ -48,8 +48,10 @@ def ray_cluster(session_storage):
     ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
     env = {**os.environ, "RNNSERVE_STORAGE": str(session_storage),
            "RNNSERVE_DB_URL": f"sqlite:///{session_storage}/registry.db",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL")})
+           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+           # Loopback-only test cluster: Ray's token auth would need a shared token file.
+           "RAY_AUTH_MODE": "disabled"}
+    os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL", "RAY_AUTH_MODE")})
     temp_dir = f"/tmp/rnnserve-test-{os.getpid()}"
     subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
@@ -59,10 +61,10 @@ def ray_cluster(session_storage):
          "--disable-usage-stats"],
         check=True, env=env, cwd=REPO, capture_output=True)
     address = f"127.0.0.1:{ports['gcs']}"
-    ray.init(address=address, log_to_driver=False)
     info = {"address": address, "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
             "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "env": env}
     try:
+        ray.init(address=address, log_to_driver=False)
         yield info
     finally:
         ray.shutdown()

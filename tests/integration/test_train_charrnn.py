@@ -1,0 +1,98 @@
+"""Char-RNN training on real Ray Train + TensorFlow: registration, reload, worker failure."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, wait_for
+
+pytestmark = pytest.mark.integration
+
+SMALL_MODEL = ["--lstm_size", "48", "--num_layers", "2", "--num_seqs", "16", "--num_steps", "32",
+               "--learning_rate", "0.01", "--log_every_n", "5"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shakespeare) -> str:
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
+    path.write_text(shakespeare[:40_000], encoding="utf-8")
+    return str(path)
+
+
+def start_trainer(ray_cluster, *args: str) -> subprocess.Popen:
+    """The trainer as a user runs it: `python -m trainers.charrnn ...` against the cluster."""
+    env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"]}
+    return subprocess.Popen([sys.executable, "-m", "trainers.charrnn", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def test_two_workers_register_a_ready_version_that_reloads_to_the_same_loss(
+        ray_cluster, registry, corpus):
+    from models.artifacts import load_charrnn
+    from trainers.charrnn_data import split_corpus, validation_loss
+
+    finish(start_trainer(ray_cluster, "--input_file", corpus, "--name", "two-workers",
+                         "--num_workers", "2", "--max_steps", "30", "--save_every_n", "15",
+                         *SMALL_MODEL))
+    record, directory = registry.fetch_version("two-workers")
+    assert record.status == "ready" and record.version == 1
+    assert sorted(os.listdir(directory)) == ["config.json", "metrics.json", "model.weights.h5",
+                                             "vocab.json"]
+    assert registry.get_alias("two-workers", "production") == 1
+    for key in ("train_loss", "val_loss", "val_bpc", "items_per_s", "step", "params"):
+        assert key in record.metrics, key
+    assert record.metrics["step"] == 30
+
+    model, config, vocab = load_charrnn(directory)
+    with open(corpus, encoding="utf-8") as f:
+        _, val = split_corpus(vocab.encode(f.read()), 0.1, 16, 32)
+    assert validation_loss(model, val)["val_loss"] == pytest.approx(
+        record.metrics["val_loss"], abs=1e-4)
+    logs = registry.read_logs("two-workers", 1)
+    assert any(line.startswith("step 30/30") for line in logs)
+    assert any("promoted version 1 to production" in line for line in logs)
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry, corpus):
+    from ray.util.state import list_actors
+
+    process = start_trainer(ray_cluster, "--input_file", corpus, "--name", "survivor",
+                            "--num_workers", "2", "--max_steps", "1500", "--save_every_n", "50",
+                            "--max_failures", "2", *SMALL_MODEL)
+
+    def checkpointed_step():
+        try:
+            lines = registry.read_logs("survivor", 1)
+        except Exception:  # noqa: BLE001 - the version may not exist yet
+            return None
+        steps = [int(m.group(1)) for line in lines
+                 if (m := re.match(r"checkpoint: step (\d+)", line))]
+        return max(steps) if steps else None
+
+    wait_for(checkpointed_step, 300, what="a first checkpoint")
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                               ("state", "=", "ALIVE")])]
+    assert workers, "no live Ray Train worker to kill"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+
+    finish(process)
+    record = registry.get_version("survivor", 1)
+    logs = registry.read_logs("survivor", 1)
+    # The registered version is the best checkpoint by validation loss, not always the last.
+    assert record.status == "ready" and 50 <= record.metrics["step"] <= 1500
+    assert any(line.startswith("step 1500/1500") for line in logs)
+    resumed = [int(m.group(1)) for line in logs
+               if (m := re.match(r"resumed from checkpoint at step (\d+)", line))]
+    assert resumed and resumed[0] >= 50, "the run restarted from scratch instead of resuming"
