@@ -52,9 +52,14 @@ class TrainConfig:
     seed: int = param(0, "random seed for batching and initialisation", 0, 2**31 - 1)
     num_workers: int = param(1, "Ray Train workers (data-parallel)", 1, 256)
     use_gpu: bool = param(False, "put one GPU on each worker")
+    cpus_per_worker: int = param(1, "CPU cores each worker reserves (and TensorFlow's thread "
+                                 "count)", 1, 256)
     max_failures: int = param(3, "worker failures to survive by resuming from a checkpoint",
                               0, 100)
-    timeout_s: float = param(0.0, "wall-clock limit for the run in seconds (0: none)", 0, 7 * 86400)
+    timeout_s: float = param(0.0, "wall-clock limit for the run in seconds; past it the run "
+                             "fails (0: none)", 0, 7 * 86400)
+    max_minutes: float = param(0.0, "training time budget: stop early and register the best "
+                               "checkpoint after this many minutes (0: none)", 0, 7 * 1440)
     init_from: str = param("", "NAME or NAME:VERSION of a model to continue training from")
 
 

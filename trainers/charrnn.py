@@ -86,6 +86,7 @@ def charrnn_worker(config: dict) -> None:
         log=config["log"],
         score_name=SCORE if len(val_ids) else "train_loss",
         deadline=config.get("deadline"),
+        budget_s=train.max_minutes * 60 or None,
     ))
 
 
@@ -159,6 +160,7 @@ def train_charrnn(args: argparse.Namespace, model_config: CharRNNConfig, train: 
         metrics = fit(charrnn_worker, worker_config, settings=settings,
                       run_name=f"{record.name}-v{record.version}", num_workers=train.num_workers,
                       use_gpu=train.use_gpu, max_failures=train.max_failures, score_name=score,
+                      cpus_per_worker=train.cpus_per_worker,
                       higher_is_better=False, output_dir=output_dir)
         for leftover in ("optimizer.npz", "state.json"):
             path = os.path.join(output_dir, leftover)

@@ -45,6 +45,7 @@ class LoopTask:
     log: Callable[[str], None]  # writes a training log line (the family decides where)
     score_name: str  # metric by which checkpoints are ranked, e.g. "val_loss"
     deadline: float | None = None  # time.time() after which the run stops with an error
+    budget_s: float | None = None  # training seconds after which the run stops early, cleanly
 
 
 class TrainingTimeout(RuntimeError):
@@ -79,7 +80,9 @@ def run_training_loop(task: LoopTask) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # One worker needs no collectives: the default strategy skips MWMS's per-step overhead.
+    strategy = (tf.distribute.MultiWorkerMirroredStrategy() if world > 1
+                else tf.distribute.get_strategy())
     with strategy.scope():
         model = task.build_model()
         optimizer = keras.optimizers.Adam(task.learning_rate, global_clipnorm=task.grad_clip)
@@ -108,27 +111,46 @@ def run_training_loop(task: LoopTask) -> None:
         per_replica = strategy.run(replica_step, args=(x, y))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
+    @tf.function
+    def any_worker(flag):
+        per_replica = strategy.run(lambda f: f, args=(flag,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
     batches = task.batches(rank, world, step)
-    window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
-    while step < task.max_steps:
+    started = time.perf_counter()
+    window_start, window_steps, window_loss = started, 0, 0.0
+    last_step, pending = task.max_steps, []
+    while step < last_step:
         if task.deadline is not None and time.time() > task.deadline:
             raise TrainingTimeout(f"training exceeded its wall-clock limit at step {step}")
         x, y = next(batches)
-        loss = float(train_step(tf.constant(x), tf.constant(y)))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} at step {step}")
+        # Keep the loss as a tensor: reading it every step would stall the pipeline.
+        pending.append(train_step(tf.constant(x), tf.constant(y)))
         step += 1
         window_steps += 1
-        window_loss += loss
+        boundary = step % task.log_every_n == 0 or step % task.eval_every_n == 0
+        if boundary or step == last_step:
+            losses = [float(loss) for loss in pending]
+            pending.clear()
+            if not np.all(np.isfinite(losses)):
+                raise FloatingPointError(f"training loss became non-finite before step {step}")
+            window_loss += sum(losses)
+        if task.budget_s and step % task.log_every_n == 0:
+            # Every worker must stop at the same step or the others hang in the all-reduce,
+            # so they agree through a collective: stop as soon as any one is over budget.
+            over = float(time.perf_counter() - started > task.budget_s)
+            if float(any_worker(tf.constant(over))) > 0:
+                last_step = step
         if step % task.log_every_n == 0 and rank == 0:
             elapsed = time.perf_counter() - window_start
             rate = window_steps * task.global_batch_size * task.items_per_example / elapsed
             task.log(f"step {step}/{task.max_steps} loss {window_loss / window_steps:.4f} "
                      f"{rate:,.0f} items/s")
-        if step % task.eval_every_n == 0 or step == task.max_steps:
+        if step % task.eval_every_n == 0 or step == last_step:
             elapsed = time.perf_counter() - window_start
             metrics = {
                 "step": step,
+                "elapsed_s": time.perf_counter() - started,
                 "train_loss": window_loss / max(window_steps, 1),
                 "items_per_s": window_steps * task.global_batch_size * task.items_per_example
                 / max(elapsed, 1e-9),

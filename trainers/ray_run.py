@@ -19,6 +19,7 @@ def ensure_ray() -> None:
 
 def fit(worker_fn: Callable[[dict], None], worker_config: dict, *, settings: Settings,
         run_name: str, num_workers: int, use_gpu: bool, max_failures: int, score_name: str,
+        cpus_per_worker: int = 1,
         higher_is_better: bool, output_dir: str) -> dict:
     """Run `worker_fn` on `num_workers` Ray Train workers; copy the best checkpoint's files
     into `output_dir` and return the metrics reported with it.
@@ -33,7 +34,8 @@ def fit(worker_fn: Callable[[dict], None], worker_config: dict, *, settings: Set
 
     ensure_ray()
     filesystem, base = ArtifactStore(settings.storage, settings.s3_endpoint).filesystem()
-    resources = {"CPU": 1, **({"GPU": 1} if use_gpu else {})}
+    # Ray sets each worker's OMP/TF thread count from its CPU reservation.
+    resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TensorflowTrainer(
         worker_fn,
         train_loop_config=worker_config,
