@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from models.runner import StepRunner
 from ray import serve
 
 from deployments.engine import QueueFull, SamplingEngine
@@ -19,7 +20,6 @@ from deployments.errors import Overloaded
 from deployments.metrics import GeneratorMetrics
 from models.artifacts import load_charrnn
 from models.config import SampleConfig
-from models.runner import StepRunner
 from registry import Registry, Settings
 from trainers.cli import parse_model_ref
 
