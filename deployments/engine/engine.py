@@ -1,0 +1,179 @@
+"""The sampling engine: scheduler + runner + sampler, and the async loop that drives them.
+
+Each `step()` runs ONE batched runner step over every active sequence of the model: those
+still reading their prime and those generating. Requests join and leave between steps
+(continuous batching), so a short request never waits for a long one to finish.
+
+Prime characters outside the vocabulary map to the unknown id 0 (the model has seen that id
+for rare characters in training); the sampler never emits id 0. An empty prime starts from a
+newline when the vocabulary has one (the start of a paragraph), else from id 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from deployments.engine.scheduler import Scheduler, Sequence
+from models.config import SampleConfig
+from models.runner import StepRunner
+from models.vocab import Vocab
+
+
+def sample_next(logits: np.ndarray, sequences: list[Sequence]) -> np.ndarray:
+    """One id per row from softmax(logits / temperature), restricted to the top_k, drawn with
+    each sequence's own RNG so a seed gives the same text whatever else shares the batch."""
+    logits = logits.astype(np.float64)
+    logits[:, 0] = -np.inf  # never emit the unknown symbol
+    temperature = np.array([s.temperature for s in sequences])[:, None]
+    scaled = logits / temperature
+    for row, sequence in enumerate(sequences):
+        k = sequence.top_k
+        if 0 < k < scaled.shape[1]:
+            threshold = np.partition(scaled[row], -k)[-k]
+            scaled[row, scaled[row] < threshold] = -np.inf
+    scaled -= scaled.max(axis=1, keepdims=True)
+    probs = np.exp(scaled)
+    cumulative = np.cumsum(probs, axis=1)
+    draws = np.array([s.rng.random() for s in sequences]) * cumulative[:, -1]
+    choice = (cumulative < draws[:, None]).sum(axis=1)
+    return np.minimum(choice, logits.shape[1] - 1)
+
+
+class SequenceHandle:
+    """The caller's side of one request: async iteration over text chunks, or `result()`."""
+
+    def __init__(self, sequence: Sequence, loop: asyncio.AbstractEventLoop):
+        self.sequence = sequence
+        self._loop = loop
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.submitted_at = time.perf_counter()
+        self.first_char_at: float | None = None
+        self.finished_at: float | None = None
+        self.reason: str | None = None  # "length", "cancelled" or "deadline" once finished
+
+    # Called from the engine's step thread: hand over to the event loop thread-safely.
+    def _emit(self, text: str) -> None:
+        if self.first_char_at is None:
+            self.first_char_at = time.perf_counter()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, text)
+
+    def _finish(self, reason: str) -> None:
+        if self.finished_at is None:
+            self.finished_at, self.reason = time.perf_counter(), reason
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+
+    def cancel(self) -> None:
+        self.sequence.cancelled = True
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> str:
+        text = await self._queue.get()
+        if text is None:
+            self._queue.put_nowait(None)  # stay finished for later readers
+            raise StopAsyncIteration
+        # Coalesce what has piled up: fewer, larger chunks cost less to stream.
+        while not self._queue.empty():
+            more = self._queue.get_nowait()
+            if more is None:
+                self._queue.put_nowait(None)
+                break
+            text += more
+        return text
+
+    async def result(self) -> str:
+        return "".join([chunk async for chunk in self])
+
+
+class SamplingEngine:
+    def __init__(self, runner: StepRunner, vocab: Vocab, max_batch: int = 64,
+                 max_waiting: int = 1024):
+        self.runner, self.vocab = runner, vocab
+        self.scheduler = Scheduler(max_batch, max_waiting)
+        runner.allocate(max_batch)
+        self.start_id = vocab.encode("\n")[0] if "\n" in vocab.chars else 0
+        self.handles: dict[int, SequenceHandle] = {}
+        self.occupancy: list[int] = []  # batch size of each step since the last drain
+        self.chars_generated = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def submit(self, sample: SampleConfig, deadline_s: float | None = None) -> SequenceHandle:
+        """Queue a request (raises QueueFull at the bound); it joins at the next step."""
+        prompt = [int(i) for i in self.vocab.encode(sample.prime)] or [self.start_id]
+        sequence = Sequence(
+            prompt_ids=prompt, max_length=sample.max_length, temperature=sample.temperature,
+            top_k=sample.top_k, rng=np.random.default_rng(sample.seed),
+            deadline=time.monotonic() + deadline_s if deadline_s else None)
+        handle = SequenceHandle(sequence, asyncio.get_running_loop())
+        self.scheduler.add(sequence)
+        self.handles[sequence.request_id] = handle
+        self._wake.set()
+        return handle
+
+    def step(self) -> int:
+        """Run one batched step; returns how many sequences it advanced."""
+        running, admitted, dropped = self.scheduler.schedule()
+        for sequence in dropped:
+            reason = "cancelled" if sequence.cancelled else "deadline"
+            self.handles.pop(sequence.request_id)._finish(reason)
+        for sequence in admitted:
+            self.runner.reset(sequence.slot)
+        if not running:
+            return 0
+        slots = np.fromiter((s.slot for s in running), np.int64, len(running))
+        ids = np.fromiter((s.next_input() for s in running), np.int64, len(running))
+        logits = self.runner.step(slots, ids)
+        sampling = [i for i, s in enumerate(running) if s.sampling]
+        for sequence in running:
+            sequence.fed = min(sequence.fed + 1, len(sequence.prompt_ids))
+        if sampling:
+            chosen = sample_next(logits[sampling], [running[i] for i in sampling])
+            for row, char_id in zip(sampling, chosen, strict=True):
+                sequence = running[row]
+                sequence.generated.append(int(char_id))
+                handle = self.handles[sequence.request_id]
+                handle._emit(self.vocab.chars[char_id])
+                if len(sequence.generated) >= sequence.max_length:
+                    self.scheduler.retire(sequence)
+                    self.handles.pop(sequence.request_id)._finish("length")
+            self.chars_generated += len(sampling)
+        self.occupancy.append(len(running))
+        return len(running)
+
+    def drain_occupancy(self) -> list[int]:
+        taken, self.occupancy = self.occupancy, []
+        return taken
+
+    async def run(self) -> None:
+        """Step while there is work (in a thread, so streaming goes on); sleep when idle."""
+        while not self._closed:
+            if not self.scheduler.has_work:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await asyncio.to_thread(self.step)
+
+    def close(self) -> None:
+        """Stop after the sequences already admitted or queued have finished."""
+        self._closed = not self.scheduler.has_work
+        if not self._closed:
+            try:
+                asyncio.get_running_loop().create_task(self._close_when_idle())
+            except RuntimeError:  # no loop (interpreter shutdown): nothing left to serve
+                self._closed = True
+        self._wake.set()
+
+    async def _close_when_idle(self) -> None:
+        while self.scheduler.has_work:
+            await asyncio.sleep(0.05)
+        self._closed = True
+        self._wake.set()

@@ -1,0 +1,96 @@
+"""The scheduler: which sequences run in the next batched step (continuous batching).
+
+Plain Python, no I/O. Waiting sequences are admitted FIFO into free slots at step
+boundaries; a finished or cancelled sequence leaves at once and its slot is reused by the
+next step. No request starves: admission is first come first served, and every running
+sequence frees its slot within `max_length` (+ prime) steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound: the caller should retry later (HTTP 503)."""
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Sequence:
+    prompt_ids: list[int]  # fed one per step before sampling starts (never empty)
+    max_length: int
+    temperature: float = 1.0
+    top_k: int = 0
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    deadline: float | None = None  # time.monotonic() after which it is retired unfinished
+    request_id: int = field(default_factory=lambda: next(_ids))
+    slot: int | None = None
+    fed: int = 0  # prompt ids already fed
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    done: bool = False
+
+    def next_input(self) -> int:
+        return self.prompt_ids[self.fed] if self.fed < len(self.prompt_ids) else self.generated[-1]
+
+    @property
+    def sampling(self) -> bool:
+        """True when this step's output is a new character (the prompt has been fed)."""
+        return self.fed >= len(self.prompt_ids) - 1
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
+
+
+class Scheduler:
+    def __init__(self, max_batch: int, max_waiting: int):
+        self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.free_slots = list(range(max_batch - 1, -1, -1))  # pop() hands out slot 0 first
+        # Requests arrive on the event loop while steps run in a worker thread.
+        self._lock = threading.RLock()
+
+    def add(self, sequence: Sequence) -> None:
+        with self._lock:
+            if len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self.waiting)} requests already waiting")
+            self.waiting.append(sequence)
+
+    def schedule(self) -> tuple[list[Sequence], list[Sequence], list[Sequence]]:
+        """At a step boundary: retire cancelled/expired sequences, admit waiting ones into
+        free slots. Returns (sequences to run this step, just admitted, just dropped)."""
+        with self._lock:
+            now = time.monotonic()
+            dropped = [s for s in [*self.running, *self.waiting] if s.cancelled or s.expired(now)]
+            for sequence in dropped:
+                self.retire(sequence)
+            self.waiting = deque(s for s in self.waiting if not s.done)
+            admitted = []
+            while self.waiting and self.free_slots:
+                sequence = self.waiting.popleft()
+                sequence.slot = self.free_slots.pop()
+                self.running.append(sequence)
+                admitted.append(sequence)
+            return list(self.running), admitted, dropped
+
+    def retire(self, sequence: Sequence) -> None:
+        """Remove a running sequence at once and free its slot for the next step."""
+        with self._lock:
+            sequence.done = True
+            if sequence in self.running:
+                self.running.remove(sequence)
+                self.free_slots.append(sequence.slot)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
