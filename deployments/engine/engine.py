@@ -160,7 +160,14 @@ class SamplingEngine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await asyncio.to_thread(self.step)
+            await asyncio.to_thread(self._steps_for, 0.005)
+
+    def _steps_for(self, seconds: float) -> None:
+        """Several steps per hop to the worker thread: the hop costs more than a small step.
+        Each step still schedules first, so arrivals join at the very next step boundary."""
+        until = time.perf_counter() + seconds
+        while self.step() and time.perf_counter() < until and not self._closed:
+            pass
 
     def close(self) -> None:
         """Stop after the sequences already admitted or queued have finished."""
