@@ -6,7 +6,6 @@ id `name:version`, resolving the `production` alias here so a promotion takes ef
 next request without restarting a replica.
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging
@@ -32,6 +31,14 @@ FORM_FIELDS = ("file", "name", "kind")
 app = FastAPI(title="rnnserve", version="0.1.0",
               description="Train character-level RNN/LSTM models on Ray and serve them.")
 install_error_handlers(app)
+
+
+# Module helpers must be defined before the class: Serve serializes it when decorated.
+async def _prepend(first: str, rest):
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
 
 
 @serve.deployment
@@ -192,11 +199,3 @@ class Ingress:
             raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
         return {**result, "model": name, "version": record.version, "prime": sample.prime,
                 "seconds": round(time.perf_counter() - started, 4)}
-
-
-async def _prepend(first: str, rest):
-    if first:
-        yield first
-    async for chunk in rest:
-        yield chunk
-

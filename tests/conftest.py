@@ -87,3 +87,38 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_cluster, tmp_path_factory):
+    """The real Serve app from serve_config.yaml (only the HTTP port changed), deployed with
+    `serve deploy` onto the session cluster. Yields its base URL."""
+    import requests
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address",
+                    ray_cluster["dashboard"]], check=True, cwd=REPO, env=ray_cluster["env"],
+                   capture_output=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(healthy, 180, interval=1, what="the Serve app to answer /healthz")
+    except BaseException:
+        status = subprocess.run([str(BIN / "serve"), "status", "--address", ray_cluster["dashboard"]],
+                                env=ray_cluster["env"], capture_output=True, text=True).stdout
+        print(status)
+        raise
+    yield url
+    subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", ray_cluster["dashboard"]],
+                   env=ray_cluster["env"], capture_output=True)

@@ -1,0 +1,181 @@
+"""The Serve app over real HTTP: upload -> Ray job -> ready -> generate, and the rest of the API."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+
+import pytest
+import requests
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+TRAIN_FORM = {"max_steps": "40", "lstm_size": "48", "num_layers": "2", "num_seqs": "16",
+              "num_steps": "32", "save_every_n": "20", "log_every_n": "10",
+              "learning_rate": "0.01"}
+
+
+def upload(url: str, name: str, text: str, **form) -> requests.Response:
+    return requests.post(f"{url}/models", data={"name": name, **TRAIN_FORM, **form},
+                         files={"file": ("corpus.txt", text.encode("utf-8"), "text/plain")},
+                         timeout=60)
+
+
+def wait_status(url: str, name: str, version: int, wanted: set[str], timeout: float = 400) -> dict:
+    def current():
+        body = requests.get(f"{url}/models/{name}", timeout=10).json()
+        record = next(v for v in body["versions"] if v["version"] == version)
+        return record if record["status"] in wanted else None
+
+    return wait_for(current, timeout, interval=1, what=f"{name} v{version} to be {wanted}")
+
+
+@pytest.fixture(scope="module")
+def trained(serve_app, shakespeare):
+    """Two models trained through the HTTP API at the same time."""
+    jobs = {}
+    for name, text in (("bard", shakespeare[:30_000]), ("sonnets", shakespeare[-30_000:])):
+        response = upload(serve_app, name, text)
+        assert response.status_code == 202, response.text
+        body = response.json()
+        assert body["status"] == "queued" and body["job_id"]
+        jobs[name] = body["version"]
+    for name, version in jobs.items():
+        record = wait_status(serve_app, name, version, {"ready", "failed"})
+        assert record["status"] == "ready", requests.get(
+            f"{serve_app}/models/{name}/versions/{version}/logs").json()
+    return serve_app
+
+
+def generate(url: str, name: str, **body) -> requests.Response:
+    return requests.post(f"{url}/models/{name}/generate", json=body, timeout=120)
+
+
+def test_list_model_and_logs(trained):
+    models = {m["name"]: m for m in requests.get(f"{trained}/models").json()["models"]}
+    assert models["bard"]["status"] == "ready" and models["bard"]["production_version"] == 1
+    assert "val_loss" in models["bard"]["metrics"]
+    detail = requests.get(f"{trained}/models/bard").json()
+    assert detail["aliases"] == {"production": 1}
+    assert detail["versions"][0]["params"]["max_steps"] == 40
+    logs = requests.get(f"{trained}/models/bard/versions/1/logs").json()
+    assert any(re.match(r"step 40/40 loss", line) for line in logs["lines"])
+    tail = requests.get(f"{trained}/models/bard/versions/1/logs",
+                        params={"offset": logs["next_offset"] - 2}).json()
+    assert tail["lines"] == logs["lines"][-2:]
+
+
+def test_generate_plain_and_seeded(trained):
+    first = generate(trained, "bard", prime="ROMEO:", max_length=80, seed=42, temperature=0.8)
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["model"] == "bard" and body["version"] == 1
+    assert body["text"].startswith("ROMEO:") and len(body["generated"]) == 80
+    again = generate(trained, "bard", prime="ROMEO:", max_length=80, seed=42, temperature=0.8)
+    assert again.json()["generated"] == body["generated"]
+
+
+def test_generate_streams_text_as_it_is_sampled(trained):
+    with requests.post(f"{trained}/models/bard/generate", stream=True, timeout=120,
+                       json={"prime": "KING", "max_length": 600, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        chunks = [c for c in response.iter_content(chunk_size=None, decode_unicode=True) if c]
+    assert len("".join(chunks)) == 600
+    assert len(chunks) > 1, "the text arrived in one piece, not streamed"
+
+
+def test_32_concurrent_requests_to_two_models(trained):
+    requests_ = [("bard" if i % 2 else "sonnets", 20 + i * 7) for i in range(32)]
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(
+            lambda job: generate(trained, job[0], prime="A", max_length=job[1]), requests_))
+    for (name, length), response in zip(requests_, responses, strict=True):
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == name and len(response.json()["generated"]) == length
+
+
+def test_promote_and_bad_promotions(trained):
+    assert requests.post(f"{trained}/models/bard/promote", json={"version": 1}).status_code == 200
+    missing = requests.post(f"{trained}/models/bard/promote", json={"version": 99})
+    assert missing.status_code == 404 and "error" in missing.json()
+    assert requests.post(f"{trained}/models/bard/promote", json={"v": 1}).status_code == 422
+
+
+def test_cancel_a_running_job(trained, shakespeare):
+    response = upload(trained, "endless", shakespeare[:30_000], max_steps="100000")
+    assert response.status_code == 202
+    version = response.json()["version"]
+    wait_status(trained, "endless", version, {"training"}, timeout=200)
+    cancel = requests.post(f"{trained}/models/endless/versions/{version}/cancel")
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+    assert wait_status(trained, "endless", version, {"cancelled"}, timeout=10)
+    again = requests.post(f"{trained}/models/endless/versions/{version}/cancel")
+    assert again.status_code == 409
+
+
+def test_delete_removes_the_model(trained, shakespeare, registry):
+    response = upload(trained, "doomed", shakespeare[:30_000], max_steps="100000")
+    assert response.status_code == 202
+    assert requests.delete(f"{trained}/models/doomed").status_code == 200
+    assert requests.get(f"{trained}/models/doomed").status_code == 404
+    assert not registry.artifacts.exists("uploads/doomed")
+
+
+@pytest.mark.parametrize("path, body, status", [
+    ("/models/nobody/generate", {"prime": "a"}, 404),
+    ("/models/bard/generate", {"max_length": 0}, 422),
+    ("/models/bard/generate", {"temperature": "hot"}, 422),
+    ("/models/bard/generate", {"bogus": 1}, 422),
+    ("/models/bard/generate", {"max_length": 100_000}, 422),
+    ("/models/bard/generate", {"prime": "x" * 5000}, 400),
+    ("/models/bard/generate", {"version": 7}, 404),
+    ("/models/..%2Fetc/generate", {}, 404),
+])
+def test_bad_generate_requests_get_json_errors(trained, path, body, status):
+    response = requests.post(f"{trained}{path}", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert "error" in response.json()
+
+
+def test_bad_uploads_are_refused_and_leave_nothing(trained, registry):
+    before = requests.get(f"{trained}/models").json()
+    cases = [
+        ({"name": "../evil"}, b"hello world " * 1000, 400),
+        ({"name": "ok-name", "kind": "diffusion"}, b"hello world " * 1000, 400),
+        ({"name": "ok-name", "lstm_size": "-3"}, b"hello world " * 1000, 400),
+        ({"name": "ok-name", "warp_speed": "9"}, b"hello world " * 1000, 400),
+        ({"name": "ok-name"}, b"\xff\xfe not utf-8" * 1000, 400),
+        ({"name": "ok-name"}, b"too short", 400),
+        ({"name": "ok-name"}, b"", 400),
+    ]
+    for form, data, status in cases:
+        response = requests.post(f"{trained}/models", data={**TRAIN_FORM, **form},
+                                 files={"file": ("x.txt", data)}, timeout=30)
+        assert response.status_code == status, (form, response.text)
+        assert response.json()["error"]
+    assert requests.get(f"{trained}/models").json() == before
+    assert not registry.artifacts.exists("uploads/ok-name")
+    no_file = requests.post(f"{trained}/models", data={"name": "ok-name"}, timeout=30)
+    assert no_file.status_code == 422
+
+
+def test_metrics_reach_the_prometheus_port(trained, ray_cluster):
+    generate(trained, "bard", prime="A", max_length=50)
+
+    def scraped():
+        text = requests.get(ray_cluster["metrics"], timeout=10).text
+        values = {}
+        for name in ("rnnserve_chars_generated_total", "rnnserve_time_to_first_char_seconds_count",
+                     "rnnserve_batch_occupancy_count", "rnnserve_model_load_seconds_count"):
+            samples = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith(f"ray_{name}{{") and 'model="bard:1"' in line]
+            if not samples or max(samples) <= 0:
+                return None
+            values[name] = max(samples)
+        return values
+
+    values = wait_for(scraped, 60, interval=2, what="rnnserve metrics on the export port")
+    assert values["rnnserve_chars_generated_total"] >= 50
