@@ -1,0 +1,150 @@
+"""Registry on a real SQLite database (no Ray): CRUD, numbering, atomic ready, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+
+import pytest
+
+from registry import Conflict, InvalidName, NotFound, Registry, Settings
+
+
+@pytest.fixture()
+def settings(tmp_path) -> Settings:
+    return Settings.from_env(storage=str(tmp_path / "storage"))
+
+
+@pytest.fixture()
+def registry(settings) -> Registry:
+    return Registry(settings)
+
+
+def artifacts(tmp_path, files=("model.weights.h5", "config.json")) -> str:
+    directory = tmp_path / "out"
+    directory.mkdir(exist_ok=True)
+    for name in files:
+        (directory / name).write_text(name)
+    return str(directory)
+
+
+def test_versions_are_numbered_per_model_and_start_queued(registry):
+    assert [registry.create_version("a").version for _ in range(3)] == [1, 2, 3]
+    assert registry.create_version("b", params={"lstm_size": 8}).version == 1
+    record = registry.get_version("b", 1)
+    assert record.status == "queued" and record.params == {"lstm_size": 8}
+    with pytest.raises(Conflict, match="charrnn"):
+        registry.create_version("a", kind="lstm-classifier")
+
+
+def test_publish_makes_ready_only_with_all_files(registry, tmp_path):
+    registry.create_version("m")
+    with pytest.raises(NotFound):
+        registry.get_version("m")  # nothing ready yet
+    record = registry.publish_version("m", 1, artifacts(tmp_path), {"val_loss": 1.5})
+    assert record.status == "ready" and record.metrics == {"val_loss": 1.5}
+    _, directory = registry.fetch_version("m")
+    assert sorted(os.listdir(directory)) == ["config.json", "model.weights.h5"]
+
+
+def test_a_failed_publish_leaves_the_version_not_ready(registry, tmp_path):
+    registry.create_version("m")
+    with pytest.raises(FileNotFoundError):
+        registry.publish_version("m", 1, str(tmp_path / "missing-dir"))
+    record = registry.get_version("m", 1)
+    assert record.status == "queued" and record.artifact_uri is None
+    assert not registry.artifacts.exists("models/m/v1")
+
+
+def test_ready_is_only_reached_through_publish_and_terminal_states_are_final(registry, tmp_path):
+    registry.create_version("m")
+    with pytest.raises(ValueError):
+        registry.update_version("m", 1, status="ready")
+    registry.update_version("m", 1, status="training")
+    registry.update_version("m", 1, status="cancelled")
+    with pytest.raises(Conflict):
+        registry.update_version("m", 1, status="training")  # a late job update can't revive it
+    with pytest.raises(Conflict):
+        registry.publish_version("m", 1, artifacts(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "x" * 65, "-lead", "a..b", "naïve", "a b"])
+def test_invalid_names_are_refused(registry, name):
+    with pytest.raises(InvalidName):
+        registry.create_version(name)
+
+
+def test_aliases_follow_promotion_and_refuse_unready_versions(registry, tmp_path):
+    for _ in range(3):
+        registry.create_version("m")
+    registry.publish_version("m", 1, artifacts(tmp_path))
+    registry.publish_version("m", 2, artifacts(tmp_path))
+    assert registry.get_version("m").version == 2  # latest ready without an alias
+    registry.set_alias("m", "production", 1)
+    assert registry.get_version("m").version == 1 and registry.get_alias("m", "production") == 1
+    with pytest.raises(Conflict):
+        registry.set_alias("m", "production", 3)  # still queued
+    with pytest.raises(NotFound):
+        registry.set_alias("m", "production", 9)
+
+
+def test_delete_removes_records_and_files(registry, tmp_path):
+    registry.create_version("gone")
+    registry.artifacts.put_bytes("uploads/gone/x.txt", b"text")
+    registry.publish_version("gone", 1, artifacts(tmp_path))
+    registry.delete_model("gone")
+    with pytest.raises(NotFound):
+        registry.get_model("gone")
+    assert not registry.artifacts.exists("models/gone") and not registry.artifacts.exists("uploads/gone")
+    assert registry.list_models() == []
+
+
+def test_log_lines_round_trip_any_language_in_order(registry):
+    registry.create_version("m")
+    lines = ["step 1 loss 4.1", "Ça va — 日本語のテキスト", "emoji 🎭", ""]
+    assert registry.append_logs("m", 1, lines) == 4
+    assert registry.read_logs("m", 1) == lines
+    assert registry.read_logs("m", 1, offset=1, limit=2) == lines[1:3]
+
+
+def test_concurrent_version_creation_from_threads_gets_distinct_numbers(registry):
+    numbers, errors = [], []
+
+    def create():
+        try:
+            numbers.append(registry.create_version("busy").version)
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=create) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and sorted(numbers) == list(range(1, 13))
+
+
+def _writer(settings: Settings, tag: str, count: int) -> None:
+    registry = Registry(settings)
+    for i in range(count):
+        registry.append_logs("shared", 1, [f"{tag} {i}"])
+        registry.create_version("race")
+
+
+def test_two_processes_writing_at_once_lose_nothing(settings):
+    Registry(settings).create_version("shared")
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_writer, args=(settings, tag, 40)) for tag in "ab"]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    registry = Registry(settings)
+    lines = registry.read_logs("shared", 1, limit=1000)
+    assert sorted(lines) == sorted(f"{tag} {i}" for tag in "ab" for i in range(40))
+    for tag in "ab":  # each writer's lines keep their order
+        mine = [line for line in lines if line.startswith(tag)]
+        assert mine == [f"{tag} {i}" for i in range(40)]
+    assert [v.version for v in registry.list_versions("race")] == list(range(1, 81))
