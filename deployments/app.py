@@ -9,6 +9,7 @@ carries what the code needs: storage/db settings, limits and engine sizes.
 
 from __future__ import annotations
 
+from deployments.classifier import Classifier
 from deployments.generator import Generator
 from deployments.ingress import Ingress
 
@@ -22,17 +23,11 @@ def build_app(args: dict | None = None):
         max_batch=int(args.get("max_batch", 64)),
         max_waiting=int(args.get("max_waiting", 512)),
     )
-    classifier = None
-    try:
-        from deployments.classifier import Classifier
-    except ImportError:  # classifier family not part of this build
-        pass
-    else:
-        classifier = Classifier.bind(
-            settings=settings,
-            max_models_per_replica=int(args.get("max_models_per_replica", 4)),
-            max_batch_size=int(args.get("classifier_max_batch", 64)),
-            batch_wait_timeout_s=float(args.get("classifier_batch_wait_s", 0.005)))
+    classifier = Classifier.bind(
+        settings=settings,
+        max_models_per_replica=int(args.get("max_models_per_replica", 4)),
+        max_batch_size=int(args.get("classifier_max_batch", 64)),
+        batch_wait_timeout_s=float(args.get("classifier_batch_wait_s", 0.005)))
     return Ingress.bind(generator, classifier, settings=settings,
                         limits=args.get("limits") or {},
                         dashboard_address=args.get("dashboard_address"))

@@ -19,6 +19,7 @@ from ray import serve
 from deployments.errors import ApiError, Overloaded, install_error_handlers
 from deployments.jobs import TrainingJobs
 from deployments.limits import Limits
+from deployments.predict_input import parse_predict_body
 from deployments.schemas import GenerateRequest, PromoteRequest, sample_config
 from registry import Registry, Settings, validate_name
 from trainers.cli import parse_model_ref
@@ -44,7 +45,7 @@ async def _prepend(first: str, rest):
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, generator, classifier=None, settings: dict | None = None,
+    def __init__(self, generator, classifier, settings: dict | None = None,
                  limits: dict | None = None, dashboard_address: str | None = None,
                  job_sync_interval_s: float = 5.0):
         self.settings = Settings.from_env(**(settings or {}))
@@ -199,3 +200,27 @@ class Ingress:
             raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
         return {**result, "model": name, "version": record.version, "prime": sample.prime,
                 "seconds": round(time.perf_counter() - started, 4)}
+
+    @app.post("/models/{name}/predict")
+    async def predict(self, name: str, request: Request,
+                      version: int | None = Query(None, ge=1)) -> dict:
+        """Body `{"data": ...}`: one example (T*F numbers, or T lists of F) or a list of them;
+        a bare JSON array of T*F numbers works too. Answers probabilities and argmax labels."""
+        record, model_id = self._servable(name, version, "lstm-classifier")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "the body is not valid JSON") from None
+        config = record.params
+        try:
+            x, batched = parse_predict_body(body, int(config["timesteps"]),
+                                            int(config["features"]), self.limits.max_predict_rows)
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+        probabilities = await self.classifier.options(
+            multiplexed_model_id=model_id).predict.remote(x)
+        labels = [int(max(range(len(p)), key=p.__getitem__)) for p in probabilities]
+        if batched:
+            return {"y": probabilities, "label": labels, "model": name, "version": record.version}
+        return {"y": probabilities[0], "label": labels[0], "model": name,
+                "version": record.version}

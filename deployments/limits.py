@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from deployments.errors import ApiError
-from models.config import SampleConfig, TrainConfig, parse_config
+from models.config import ClassifierConfig, SampleConfig, TrainConfig, parse_config
 from trainers.charrnn_data import CorpusTooShort, check_corpus_length
+from trainers.classifier_data import prepare, read_npz
 from trainers.families import Family
 
 
@@ -15,6 +16,7 @@ class Limits:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_prime_chars: int = 2000
     max_length: int = 5000  # generated characters per request
+    max_predict_rows: int = 256  # examples per predict request
 
     @classmethod
     def from_dict(cls, values: dict) -> Limits:
@@ -34,16 +36,35 @@ class Limits:
         """Reject an upload that could never train, before anything is stored."""
         if not data:
             raise ApiError(400, "the uploaded file is empty")
-        if family.kind != "charrnn":
-            return
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ApiError(400, f"the upload is not UTF-8 text (invalid byte at {error.start})") \
-                from None
-        train_names = {f.name for f in fields(TrainConfig)}
-        train = parse_config(TrainConfig, {k: v for k, v in params.items() if k in train_names})
-        try:
-            check_corpus_length(len(text), train.val_frac, train.num_seqs, train.num_steps)
-        except CorpusTooShort as error:
-            raise ApiError(400, f"text too short: {error}") from None
+        if family.kind == "charrnn":
+            _check_text(data, params)
+        else:
+            _check_examples(data, params)
+
+
+def _check_text(data: bytes, params: dict) -> None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ApiError(400, f"the upload is not UTF-8 text (invalid byte at {error.start})") from None
+    train = parse_config(TrainConfig, {k: v for k, v in params.items() if k in _names(TrainConfig)})
+    try:
+        check_corpus_length(len(text), train.val_frac, train.num_seqs, train.num_steps)
+    except CorpusTooShort as error:
+        raise ApiError(400, f"text too short: {error}") from None
+
+
+def _check_examples(data: bytes, params: dict) -> None:
+    model = parse_config(ClassifierConfig,
+                         {k: v for k, v in params.items() if k in _names(ClassifierConfig)})
+    try:
+        x, _ = prepare(*read_npz(data), model.classes)
+    except ValueError as error:
+        raise ApiError(400, f"bad training data: {error}") from None
+    if x.shape[1:] != (model.timesteps, model.features):
+        raise ApiError(400, f"examples are {list(x.shape[1:])}, but timesteps/features are "
+                            f"[{model.timesteps}, {model.features}]")
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}

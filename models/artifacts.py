@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from models.config import CharRNNConfig, from_dict
+from models.config import CharRNNConfig, ClassifierConfig, from_dict
 from models.vocab import Vocab
 
 CONFIG_FILE = "config.json"
@@ -42,3 +42,13 @@ def load_charrnn(directory: str):
     model = build_charrnn(config)
     model.load_weights(os.path.join(directory, WEIGHTS_FILE))
     return model, config, read_vocab(directory)
+
+
+def load_classifier(directory: str):
+    """(keras model with weights, ClassifierConfig) from a classifier version directory."""
+    from models.classifier import build_classifier
+
+    config = from_dict(ClassifierConfig, read_json(directory, CONFIG_FILE)["model"])
+    model = build_classifier(config)
+    model.load_weights(os.path.join(directory, WEIGHTS_FILE))
+    return model, config

@@ -36,17 +36,14 @@ class CharRNNConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """How one char-RNN training run reads its data and optimises (the origin's flags)."""
+class RunConfig:
+    """How any training run executes: steps, checkpoints, workers, limits (every family)."""
 
-    num_seqs: int = param(32, "sequences per batch on each worker", 1, 4096)
-    num_steps: int = param(50, "characters per sequence (truncated BPTT length)", 2, 2000)
     learning_rate: float = param(0.01, "Adam learning rate", 1e-6, 1.0)
     max_steps: int = param(2000, "training steps to run", 1, 10_000_000)
     grad_clip: float = param(5.0, "clip gradients to this global norm", 0.01, 1000.0)
-    val_frac: float = param(0.1, "fraction of the text (its end) held out for validation",
+    val_frac: float = param(0.1, "fraction of the data (its end) held out for validation",
                             0.0, 0.5)
-    max_vocab: int = param(3500, "keep at most this many distinct characters", 2, 100_000)
     save_every_n: int = param(500, "checkpoint and validate every N steps", 1, 10_000_000)
     log_every_n: int = param(50, "write a training log line every N steps", 1, 10_000_000)
     seed: int = param(0, "random seed for batching and initialisation", 0, 2**31 - 1)
@@ -61,6 +58,36 @@ class TrainConfig:
     max_minutes: float = param(0.0, "training time budget: stop early and register the best "
                                "checkpoint after this many minutes (0: none)", 0, 7 * 1440)
     init_from: str = param("", "NAME or NAME:VERSION of a model to continue training from")
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """A char-RNN training run (the origin's flags)."""
+
+    num_seqs: int = param(32, "sequences per batch on each worker", 1, 4096)
+    num_steps: int = param(50, "characters per sequence (truncated BPTT length)", 2, 2000)
+    max_vocab: int = param(3500, "keep at most this many distinct characters", 2, 100_000)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Architecture of an LSTM sequence classifier (e.g. MNIST read row by row)."""
+
+    timesteps: int = param(28, "sequence length (image rows)", 1, 10_000)
+    features: int = param(28, "values per step (image columns)", 1, 10_000)
+    num_hidden: int = param(128, "LSTM units per layer", 4, 4096)
+    num_layers: int = param(1, "stacked LSTM layers", 1, 8)
+    classes: int = param(10, "number of labels", 2, 100_000)
+    dropout: float = param(0.0, "dropout rate after each LSTM layer while training", 0.0, 0.9)
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig(RunConfig):
+    """An LSTM classifier training run."""
+
+    learning_rate: float = param(0.001, "Adam learning rate", 1e-6, 1.0)
+    batch_size: int = param(128, "examples per batch on each worker", 1, 65_536)
+    save_every_n: int = param(200, "checkpoint and validate every N steps", 1, 10_000_000)
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ from models.config import CharRNNConfig, TrainConfig
 from models.vocab import Vocab
 from registry import NotFound, Registry, Settings, VersionRecord
 from trainers.charrnn_data import split_corpus
-from trainers.cli import add_config_flags, config_from_flags, parse_model_ref
-from trainers.job import RegistryLog, UserError, run_job
+from trainers.cli import parse_model_ref
+from trainers.entrypoint import family_main
+from trainers.job import RegistryLog, UserError, read_input
 
 KIND = "charrnn"
 SCORE = "val_loss"  # lower is better
@@ -92,14 +93,7 @@ def charrnn_worker(config: dict) -> None:
 
 def read_text(registry: Registry, input_file: str) -> str:
     """The corpus from a local path or a path inside the storage; UTF-8 only."""
-    if os.path.isfile(input_file):
-        with open(input_file, "rb") as f:
-            data = f.read()
-    else:
-        try:
-            data = registry.artifacts.get_bytes(input_file)
-        except (FileNotFoundError, OSError) as error:
-            raise UserError(f"input file not found: {input_file}") from error
+    data = read_input(registry, input_file)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -162,10 +156,6 @@ def train_charrnn(args: argparse.Namespace, model_config: CharRNNConfig, train: 
                       use_gpu=train.use_gpu, max_failures=train.max_failures, score_name=score,
                       cpus_per_worker=train.cpus_per_worker,
                       higher_is_better=False, output_dir=output_dir)
-        for leftover in ("optimizer.npz", "state.json"):
-            path = os.path.join(output_dir, leftover)
-            if os.path.exists(path):
-                os.remove(path)
         write_json(output_dir, CONFIG_FILE, {
             "kind": KIND, "model": dataclasses.asdict(config), "train": dataclasses.asdict(train),
             "init_from": train.init_from})
@@ -179,36 +169,10 @@ def train_charrnn(args: argparse.Namespace, model_config: CharRNNConfig, train: 
     return train_fn
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainers.charrnn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input_file", required=True, help="UTF-8 text to train on")
-    parser.add_argument("--name", required=True, help="model name in the registry")
-    parser.add_argument("--version", type=int, default=None,
-                        help="attach to this queued version (the server passes it)")
-    parser.add_argument("--storage", default=None, help="storage root (env RNNSERVE_STORAGE)")
-    parser.add_argument("--db_url", default=None, help="registry database (env RNNSERVE_DB_URL)")
-    add_config_flags(parser, CharRNNConfig, skip=("vocab_size",))
-    add_config_flags(parser, TrainConfig)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        model_config = config_from_flags(CharRNNConfig, args)
-        train = config_from_flags(TrainConfig, args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    overrides = {k: v for k, v in {"storage": args.storage, "db_url": args.db_url}.items() if v}
-    settings = Settings.from_env(**overrides)
-    params = {**dataclasses.asdict(model_config), **dataclasses.asdict(train),
-              "input_file": args.input_file}
-    params.pop("vocab_size")
-    return run_job(settings, args.name, KIND, params, args.version,
-                   train_charrnn(args, model_config, train, settings), SCORE,
-                   higher_is_better=False)
+    return family_main(argv, kind=KIND, doc=__doc__, model_cls=CharRNNConfig, run_cls=TrainConfig,
+                       make_train=train_charrnn, score=SCORE, higher_is_better=False,
+                       skip=("vocab_size",))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from models.config import CharRNNConfig, TrainConfig, parse_config
+from models.config import (
+    CharRNNConfig,
+    ClassifierConfig,
+    ClassifierTrainConfig,
+    TrainConfig,
+    parse_config,
+)
 
 
 @dataclass(frozen=True)
@@ -18,7 +24,6 @@ class Family:
     module: str  # `python -m <module>` trains it
     configs: tuple[type, ...]  # dataclasses whose fields are the trainer's flags
     server_managed: tuple[str, ...] = ()  # fields the server/trainer fills in, not the user
-    upload_suffixes: tuple[str, ...] = ()  # accepted upload file name endings
 
     def flag_names(self) -> list[str]:
         return [f.name for cls in self.configs for f in dataclasses.fields(cls)
@@ -42,18 +47,9 @@ class Family:
         return parsed
 
 
-def _families() -> dict[str, Family]:
-    families = [Family("charrnn", "trainers.charrnn", (CharRNNConfig, TrainConfig),
-                       server_managed=("vocab_size",), upload_suffixes=(".txt", ""))]
-    try:
-        from models.config import ClassifierConfig, ClassifierTrainConfig
-    except ImportError:  # classifier family not installed in this build
-        pass
-    else:
-        families.append(Family("lstm-classifier", "trainers.lstm_classifier",
-                               (ClassifierConfig, ClassifierTrainConfig),
-                               upload_suffixes=(".npz",)))
-    return {family.kind: family for family in families}
-
-
-FAMILIES = _families()
+FAMILIES = {family.kind: family for family in (
+    Family("charrnn", "trainers.charrnn", (CharRNNConfig, TrainConfig),
+           server_managed=("vocab_size",)),
+    Family("lstm-classifier", "trainers.lstm_classifier",
+           (ClassifierConfig, ClassifierTrainConfig)),
+)}

@@ -51,6 +51,17 @@ class RegistryLog:
         return {"settings": self.settings, "name": self.name, "version": self.version}
 
 
+def read_input(registry: Registry, path: str) -> bytes:
+    """Training data from a local path or from a path inside the storage (server uploads)."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read()
+    try:
+        return registry.artifacts.get_bytes(path)
+    except (FileNotFoundError, OSError, ValueError) as error:
+        raise UserError(f"input file not found: {path}") from error
+
+
 # (record, output_dir, log) -> metrics; writes every artifact file into output_dir.
 TrainFunction = Callable[[VersionRecord, str, RegistryLog], dict]
 

@@ -7,6 +7,9 @@ import shutil
 from collections.abc import Callable
 
 from registry import Settings
+from trainers.loop import OPTIMIZER_FILE, STATE_FILE
+
+TRAINING_ONLY = (OPTIMIZER_FILE, STATE_FILE)  # checkpoint files a version does not need
 
 
 def ensure_ray() -> None:
@@ -21,8 +24,8 @@ def fit(worker_fn: Callable[[dict], None], worker_config: dict, *, settings: Set
         run_name: str, num_workers: int, use_gpu: bool, max_failures: int, score_name: str,
         cpus_per_worker: int = 1,
         higher_is_better: bool, output_dir: str) -> dict:
-    """Run `worker_fn` on `num_workers` Ray Train workers; copy the best checkpoint's files
-    into `output_dir` and return the metrics reported with it.
+    """Run `worker_fn` on `num_workers` Ray Train workers; copy the best checkpoint's model
+    files into `output_dir` and return the metrics reported with it.
 
     Checkpoints go to `<storage>/runs/<run_name>` on the shared storage, so a worker that dies
     on one node resumes on another from the latest one (`FailureConfig.max_failures`).
@@ -58,6 +61,8 @@ def fit(worker_fn: Callable[[dict], None], worker_config: dict, *, settings: Set
     metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
     with best.as_directory() as directory:
         for entry in os.listdir(directory):
+            if entry in TRAINING_ONLY:
+                continue
             source = os.path.join(directory, entry)
             target = os.path.join(output_dir, entry)
             if os.path.isdir(source):

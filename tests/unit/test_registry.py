@@ -13,7 +13,9 @@ from registry import Conflict, InvalidName, NotFound, Registry, Settings
 
 @pytest.fixture()
 def settings(tmp_path) -> Settings:
-    return Settings.from_env(storage=str(tmp_path / "storage"))
+    # Explicit URL: the integration fixtures export RNNSERVE_DB_URL for the session cluster.
+    return Settings.from_env(storage=str(tmp_path / "storage"),
+                             db_url=f"sqlite:///{tmp_path}/registry.db")
 
 
 @pytest.fixture()

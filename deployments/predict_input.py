@@ -1,0 +1,69 @@
+"""Parsing `POST /models/{name}/predict` bodies into a batch for the classifier.
+
+Accepted: `{"data": x}` where x is one example (a flat list of T*F numbers or a T x F nested
+list) or a list of examples, and a bare JSON array of T*F numbers (the origin's clients).
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import numpy as np
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _example(value, timesteps: int, features: int) -> np.ndarray | None:
+    """One example as [T, F], or None when `value` is not shaped like one."""
+    if not isinstance(value, list):
+        return None
+    if len(value) == timesteps * features and all(_is_number(v) for v in value):
+        return np.asarray(value, dtype=np.float64).reshape(timesteps, features)
+    if (len(value) == timesteps and all(isinstance(row, list) and len(row) == features
+                                        and all(_is_number(v) for v in row) for row in value)):
+        return np.asarray(value, dtype=np.float64)
+    return None
+
+
+def parse_predict_body(body, timesteps: int, features: int,
+                       max_rows: int) -> tuple[np.ndarray, bool]:
+    """(float32 [N, T, F], whether the request was a batch); ValueError says what is wrong."""
+    data = body.get("data") if isinstance(body, dict) else body
+    if isinstance(body, dict) and set(body) != {"data"}:
+        raise ValueError('expected {"data": [...]} (one example or a list of examples)')
+    if not isinstance(data, list) or not data:
+        raise ValueError("data must be a non-empty list")
+    if not any(isinstance(item, list) for item in data):  # meant as one flat example
+        if not all(_is_number(v) for v in data):
+            raise ValueError("data holds values that are not numbers")
+        if len(data) != timesteps * features:
+            raise ValueError(f"one flat example needs {timesteps * features} numbers, "
+                             f"got {len(data)}")
+    rows_of_numbers = all(isinstance(item, list) and all(_is_number(v) for v in item)
+                          for item in data)
+    if rows_of_numbers and len(data) == timesteps and any(len(r) != features for r in data):
+        raise ValueError(f"one nested example needs {timesteps} rows of {features} numbers")
+    single = _example(data, timesteps, features)
+    if single is not None:
+        examples, batched = [single], False
+    else:
+        if len(data) > max_rows:
+            raise ValueError(f"at most {max_rows} examples per request, got {len(data)}")
+        examples = [_example(item, timesteps, features) for item in data]
+        bad = next((i for i, e in enumerate(examples) if e is None), None)
+        if bad is not None:
+            raise ValueError(f"example {bad} is not {timesteps * features} numbers or a "
+                             f"{timesteps}x{features} nested list of numbers")
+        batched = True
+    x = np.stack(examples)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("data holds NaN or infinite values")
+    if np.abs(x).max() > 1e6:
+        raise ValueError("data values must be within [-1e6, 1e6]")
+    if x.max() > 1.0:  # 0..255 pixels, as the trainer scales them
+        x = x / 255.0
+    return x.astype(np.float32), batched
+
+

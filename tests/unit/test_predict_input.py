@@ -1,0 +1,47 @@
+"""Every accepted and rejected shape of a predict body (no Ray)."""
+
+import numpy as np
+import pytest
+
+from deployments.predict_input import parse_predict_body
+
+FLAT = [0.5] * 784
+NESTED = [[0.5] * 28 for _ in range(28)]
+
+
+@pytest.mark.parametrize("body, rows, batched", [
+    ({"data": FLAT}, 1, False),
+    ({"data": NESTED}, 1, False),
+    ({"data": [FLAT, NESTED, FLAT]}, 3, True),
+    ({"data": [FLAT]}, 1, True),
+    (FLAT, 1, False),  # a bare JSON array of 784 numbers
+])
+def test_accepted_shapes(body, rows, batched):
+    x, is_batch = parse_predict_body(body, 28, 28, max_rows=8)
+    assert x.shape == (rows, 28, 28) and x.dtype == np.float32 and is_batch == batched
+
+
+def test_pixel_values_are_scaled_like_training():
+    x, _ = parse_predict_body({"data": [255] * 784}, 28, 28, 8)
+    assert x.max() == 1.0
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"data": [0.5] * 783}, "needs 784 numbers, got 783"),
+    ({"data": [[0.5] * 27] * 28}, "28 rows of 28 numbers"),
+    ({"data": ["a"] * 784}, "not numbers"),
+    ({"data": [True] * 784}, "not numbers"),
+    ({"data": [float("nan")] * 784}, "NaN"),
+    ({"data": [1e9] * 784}, "within"),
+    ({"data": []}, "non-empty"),
+    ({"data": "pixels"}, "non-empty"),
+    ({"data": FLAT, "extra": 1}, "expected"),
+    ({"x": FLAT}, "expected"),
+    ({"data": [FLAT] * 9}, "at most 8"),
+    ({"data": [FLAT, [0.1] * 10]}, "example 1"),
+    ("784 numbers", "non-empty"),
+    (None, "non-empty"),
+])
+def test_rejected_shapes(body, message):
+    with pytest.raises(ValueError, match=message):
+        parse_predict_body(body, 28, 28, max_rows=8)

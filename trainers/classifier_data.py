@@ -1,0 +1,99 @@
+"""Labelled sequences for the LSTM classifier: .npz uploads or MNIST IDX files, split, batches.
+
+Images [N, H, W] are read row by row: H timesteps of W features. Pixel values above 1 are
+scaled to [0, 1] (uint8 images); labels must be integers in [0, classes).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+
+from trainers.job import UserError
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(data: bytes) -> np.ndarray:
+    """An IDX array (the MNIST file format), gzip-compressed or raw."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_TYPES:
+        raise UserError("not an IDX file (bad magic number)")
+    dims = data[3]
+    shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
+    dtype = np.dtype(_IDX_TYPES[data[2]])
+    body = data[4 + 4 * dims:]
+    if len(body) != int(np.prod(shape)) * dtype.itemsize:
+        raise UserError(f"IDX file truncated: header says {shape}, body has {len(body)} bytes")
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
+
+
+def read_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            if "x" not in archive or "y" not in archive:
+                raise UserError("the .npz upload needs arrays named 'x' and 'y'")
+            return archive["x"], archive["y"]
+    except (ValueError, OSError) as error:  # not a zip, or pickled objects inside
+        raise UserError(f"not a readable .npz file: {error}") from None
+
+
+def prepare(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated float32 [N, T, F] in [0, 1] and int32 labels."""
+    if x.ndim != 3:
+        raise UserError(f"x must be [N, T, F] or [N, H, W]; got shape {list(x.shape)}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise UserError(f"y must be [N] labels matching x; got {list(y.shape)} for {len(x)} rows")
+    if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
+        raise UserError("x must be numbers and y integer labels")
+    if len(x) < 2:
+        raise UserError("need at least 2 examples")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise UserError("x holds NaN or infinite values")
+    if x.max() > 1.0:
+        x = x / 255.0
+    if y.min() < 0 or y.max() >= classes:
+        raise UserError(f"labels must be in [0, {classes}); found {int(y.min())}..{int(y.max())}")
+    return x, y.astype(np.int32)
+
+
+def split(x: np.ndarray, y: np.ndarray, val_frac: float, seed: int):
+    """Shuffle once (seeded), hold out `val_frac` for validation."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    val_len = int(len(x) * val_frac)
+    train, val = order[val_len:], order[:val_len]
+    return (x[train], y[train]), (x[val], y[val])
+
+
+def train_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, worker: int,
+                  start_step: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless random minibatches; each worker and each resumed start has its own stream."""
+    rng = np.random.default_rng([seed, worker, start_step])
+    while True:
+        rows = rng.integers(0, len(x), size=batch_size)
+        yield x[rows], y[rows]
+
+
+def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> dict:
+    """Mean cross-entropy and accuracy over a labelled set."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def batch(xb):
+        return model(xb, training=False)
+
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = batch(tf.constant(x[start:start + batch_size])).numpy().astype(np.float64)
+        labels = y[start:start + batch_size]
+        logits -= logits.max(axis=1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        total_loss -= log_probs[np.arange(len(labels)), labels].sum()
+        correct += int((logits.argmax(axis=1) == labels).sum())
+    return {"val_loss": total_loss / len(x), "val_accuracy": correct / len(x)}
