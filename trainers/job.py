@@ -76,7 +76,9 @@ def run_job(settings: Settings, name: str, kind: str, params: dict, version: int
               else registry.create_version(name, kind, params))
     log = RegistryLog(settings, name, record.version)
     job_id = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID")
+    # Record every resolved parameter (the server queued only what the user gave).
     registry.update_version(name, record.version, status="training",
+                            params={**params, **record.params},
                             **({"job_id": job_id} if job_id and not record.job_id else {}))
     log(f"training {kind} model {name} version {record.version}")
 
