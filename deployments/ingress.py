@@ -16,6 +16,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
+from deployments.auth import check_api_key
 from deployments.errors import ApiError, Overloaded, install_error_handlers
 from deployments.jobs import TrainingJobs
 from deployments.limits import Limits
@@ -64,6 +65,9 @@ class Ingress:
             except Exception:  # noqa: BLE001 - a failed poll must not end the loop
                 logger.exception("job status sync failed")
 
+    def _authorize(self, request: Request) -> None:
+        check_api_key(self.settings.api_key, request.headers.get("authorization"))
+
     # ---- pages and liveness ---------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -79,6 +83,7 @@ class Ingress:
                      name: str = Form(...), kind: str = Form("charrnn")) -> JSONResponse:
         """Store the upload, queue a version and submit its training job (hyperparameters as
         extra form fields named like the trainer's flags, e.g. `max_steps`, `lstm_size`)."""
+        self._authorize(request)
         validate_name(name)
         family = FAMILIES.get(kind)
         if family is None:
@@ -135,13 +140,15 @@ class Ingress:
                 "next_offset": offset + len(lines), "lines": lines}
 
     @app.post("/models/{name}/promote")
-    async def promote(self, name: str, body: PromoteRequest) -> dict:
+    async def promote(self, name: str, body: PromoteRequest, request: Request) -> dict:
+        self._authorize(request)
         self.registry.set_alias(validate_name(name), "production", body.version)
         self.registry.append_logs(name, body.version, ["promoted to production by request"])
         return {"name": name, "production": body.version}
 
     @app.post("/models/{name}/versions/{version}/cancel")
-    async def cancel(self, name: str, version: int) -> dict:
+    async def cancel(self, name: str, version: int, request: Request) -> dict:
+        self._authorize(request)
         record = self.registry.get_version(validate_name(name), version)
         if record.status not in ("queued", "training"):
             raise ApiError(409, f"version {version} is {record.status}, not running")
@@ -155,7 +162,8 @@ class Ingress:
         return {"name": name, "version": version, "status": "cancelled"}
 
     @app.delete("/models/{name}")
-    async def delete(self, name: str) -> dict:
+    async def delete(self, name: str, request: Request) -> dict:
+        self._authorize(request)
         for record in self.registry.list_versions(validate_name(name)):
             if record.status in ("queued", "training") and record.job_id:
                 try:
