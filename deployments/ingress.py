@@ -20,6 +20,7 @@ from deployments.auth import check_api_key
 from deployments.errors import ApiError, Overloaded, install_error_handlers
 from deployments.jobs import TrainingJobs
 from deployments.limits import Limits
+from deployments.metrics import JobMetrics
 from deployments.predict_input import parse_predict_body
 from deployments.schemas import GenerateRequest, PromoteRequest, sample_config
 from registry import Registry, Settings, validate_name
@@ -55,6 +56,7 @@ class Ingress:
         self.generator = generator
         self.classifier = classifier
         self.jobs = TrainingJobs(self.settings, dashboard_address)
+        self.job_metrics = JobMetrics()
         self._sync_task = asyncio.get_event_loop().create_task(self._sync_jobs(job_sync_interval_s))
 
     async def _sync_jobs(self, interval: float) -> None:
@@ -62,6 +64,8 @@ class Ingress:
             await asyncio.sleep(interval)
             try:
                 await asyncio.to_thread(self.jobs.sync_statuses, self.registry)
+                await asyncio.to_thread(self.job_metrics.record, self.registry.list_models(),
+                                        self.registry.list_versions)
             except Exception:  # noqa: BLE001 - a failed poll must not end the loop
                 logger.exception("job status sync failed")
 

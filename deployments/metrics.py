@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ray.serve import metrics
 
+from registry import STATUSES
+
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 OCCUPANCY_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 
@@ -40,6 +42,15 @@ class GeneratorMetrics:
 
 class JobMetrics:
     def __init__(self):
-        self.jobs = metrics.Counter("rnnserve_training_jobs",
-                                    description="training jobs by status change",
-                                    tag_keys=("kind", "status"))
+        self.versions = metrics.Gauge("rnnserve_training_jobs",
+                                      description="model versions (training jobs) by status",
+                                      tag_keys=("kind", "status"))
+
+    def record(self, models: list[dict], versions_of) -> None:
+        """Set the gauge from the registry: count of versions per (kind, status)."""
+        counts = {(kind, status): 0 for kind in {m["kind"] for m in models} for status in STATUSES}
+        for model in models:
+            for record in versions_of(model["name"]):
+                counts[(model["kind"], record.status)] += 1
+        for (kind, status), count in counts.items():
+            self.versions.set(count, tags={"kind": kind, "status": status})

@@ -79,6 +79,7 @@ def charrnn_worker(config: dict) -> None:
         (lambda model: {}),
         global_batch_size=train.num_seqs * config["num_workers"],
         items_per_example=train.num_steps,
+        examples_per_epoch=len(train_ids) // train.num_steps,
         learning_rate=train.learning_rate,
         grad_clip=train.grad_clip,
         max_steps=train.max_steps,

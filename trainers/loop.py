@@ -37,6 +37,7 @@ class LoopTask:
     evaluate: Callable[[object], dict]  # model -> validation metrics (floats)
     global_batch_size: int  # examples per step summed over workers
     items_per_example: int  # characters (or sequences) one example stands for, for throughput
+    examples_per_epoch: int  # training examples in one pass over the data (for `epoch`)
     learning_rate: float
     grad_clip: float
     max_steps: int
@@ -150,6 +151,7 @@ def run_training_loop(task: LoopTask) -> None:
             elapsed = time.perf_counter() - window_start
             metrics = {
                 "step": step,
+                "epoch": step * task.global_batch_size / max(task.examples_per_epoch, 1),
                 "elapsed_s": time.perf_counter() - started,
                 "train_loss": window_loss / max(window_steps, 1),
                 "items_per_s": window_steps * task.global_batch_size * task.items_per_example

@@ -60,6 +60,7 @@ def classifier_worker(config: dict) -> None:
         evaluate=measure,
         global_batch_size=run.batch_size * run.num_workers,
         items_per_example=1,
+        examples_per_epoch=len(x_train),
         learning_rate=run.learning_rate,
         grad_clip=run.grad_clip,
         max_steps=run.max_steps,

@@ -168,8 +168,14 @@ def test_metrics_reach_the_prometheus_port(trained, ray_cluster):
     def scraped():
         text = requests.get(ray_cluster["metrics"], timeout=10).text
         values = {}
+        jobs = [line for line in text.splitlines()
+                if line.startswith("ray_rnnserve_training_jobs{") and 'status="ready"' in line
+                and float(line.rsplit(" ", 1)[1]) >= 2]
+        if not jobs:
+            return None
         for name in ("rnnserve_chars_generated_total", "rnnserve_time_to_first_char_seconds_count",
-                     "rnnserve_batch_occupancy_count", "rnnserve_model_load_seconds_count"):
+                     "rnnserve_batch_occupancy_count", "rnnserve_model_load_seconds_count",
+                     "rnnserve_model_cache_misses_total"):
             samples = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                        if line.startswith(f"ray_{name}{{") and 'model="bard:1"' in line]
             if not samples or max(samples) <= 0:
@@ -179,3 +185,25 @@ def test_metrics_reach_the_prometheus_port(trained, ray_cluster):
 
     values = wait_for(scraped, 60, interval=2, what="rnnserve metrics on the export port")
     assert values["rnnserve_chars_generated_total"] >= 50
+
+
+def test_the_locustfile_runs_headless_without_failures(trained, tmp_path):
+    """A short real locust run, so loadtest/locustfile.py cannot silently rot."""
+    import csv
+    import subprocess
+
+    from tests.conftest import BIN, REPO
+
+    prefix = tmp_path / "locust"
+    result = subprocess.run(
+        [str(BIN / "locust"), "-f", "loadtest/locustfile.py", "--headless", "-u", "6", "-r", "6",
+         "-t", "8s", "--host", trained, "--csv", str(prefix), "--only-summary"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={"RNNSERVE_MODELS": "bard,sonnets", "RNNSERVE_LOAD_LENGTH": "50",
+             "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(f"{prefix}_stats.csv") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    total = rows["Aggregated"]
+    assert int(total["Request Count"]) > 10 and int(total["Failure Count"]) == 0
+    assert int(rows["/models/[name]/generate stream"]["Request Count"]) > 0

@@ -97,3 +97,36 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry,
     resumed = [int(m.group(1)) for line in logs
                if (m := re.match(r"resumed from checkpoint at step (\d+)", line))]
     assert resumed and resumed[0] >= 50, "no resume from a checkpoint:\n" + "\n".join(logs[-60:])
+
+
+def test_init_from_continues_training_and_refuses_new_characters(ray_cluster, registry, corpus,
+                                                                  tmp_path, capsys):
+    from models import sample
+
+    finish(start_trainer(ray_cluster, "--input_file", corpus, "--name", "two-workers",
+                         "--init_from", "two-workers:1", "--max_steps", "10",
+                         "--save_every_n", "10", *SMALL_MODEL))
+    record = registry.get_version("two-workers", 2)
+    assert record.status == "ready" and record.params["init_from"] == "two-workers:1"
+    logs = registry.read_logs("two-workers", 2)
+    assert any("continuing from two-workers:1" in line for line in logs)
+    # Continuing from a trained model starts far below a fresh model's loss (~ln(vocab)).
+    first = next(line for line in logs if line.startswith("step 5/10"))
+    assert float(first.split()[3]) < 3.7
+
+    snowy = tmp_path / "snow.txt"
+    snowy.write_text(open(corpus, encoding="utf-8").read() + " ☃ ∞", encoding="utf-8")
+    process = start_trainer(ray_cluster, "--input_file", str(snowy), "--name", "two-workers",
+                            "--init_from", "two-workers", *SMALL_MODEL)
+    process.communicate(timeout=120)
+    assert process.returncode == 2
+    failed = registry.get_version("two-workers", 3)
+    assert failed.status == "failed"
+    assert any("outside the model's vocabulary: '☃∞'" in line
+               for line in registry.read_logs("two-workers", 3))
+
+    # The offline sampler loads the production version from the same registry.
+    assert sample.main(["--name", "two-workers", "--prime", "ROMEO:", "--max_length", "40",
+                        "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "ROMEO:" in out and len(out[out.index("ROMEO:"):].rstrip("\n")) == len("ROMEO:") + 40

@@ -1,0 +1,125 @@
+"""Locust load test of the rnnserve HTTP API.
+
+    locust -f loadtest/locustfile.py --headless -u 32 -r 8 -t 60s --host http://127.0.0.1:8000
+
+By default the users target every ready model that `GET /models` lists (char-RNNs for
+generation, classifiers for prediction); `RNNSERVE_MODELS=a,b` narrows that. Streamed
+generation reads each stream to its end and reports the time to the first chunk as its own
+entry ("TTFC stream").
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from locust import HttpUser, between, events, task
+
+GENERATE_LENGTH = int(os.environ.get("RNNSERVE_LOAD_LENGTH", "200"))
+_models: dict[str, list[str]] | None = None
+
+
+def ready_models(client) -> dict[str, list[str]]:
+    """{kind: [names]} of the ready models, read once per locust process."""
+    global _models
+    if _models is None:
+        wanted = {m for m in os.environ.get("RNNSERVE_MODELS", "").split(",") if m}
+        listed = client.get("/models", name="/models").json()["models"]
+        _models = {}
+        for model in listed:
+            if model.get("production_version") or model.get("status") == "ready":
+                if not wanted or model["name"] in wanted:
+                    _models.setdefault(model["kind"], []).append(model["name"])
+    return _models
+
+
+class GenerateUser(HttpUser):
+    """Plain generation: one JSON answer per request."""
+
+    wait_time = between(0.1, 0.5)
+    weight = 3
+
+    @task
+    def generate(self):
+        names = ready_models(self.client).get("charrnn")
+        if not names:
+            return
+        name = random.choice(names)
+        with self.client.post(f"/models/{name}/generate", name="/models/[name]/generate",
+                              json={"prime": "The ", "max_length": GENERATE_LENGTH,
+                                    "temperature": 0.8}, catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}: {response.text[:200]}")
+            elif len(response.json()["generated"]) != GENERATE_LENGTH:
+                response.failure("wrong length")
+
+
+class StreamUser(HttpUser):
+    """Streamed generation, read to the end; time to first chunk reported separately."""
+
+    wait_time = between(0.1, 0.5)
+    weight = 3
+
+    @task
+    def stream(self):
+        names = ready_models(self.client).get("charrnn")
+        if not names:
+            return
+        name = random.choice(names)
+        started = time.perf_counter()
+        first_chunk_ms, received = None, 0
+        with self.client.post(f"/models/{name}/generate", name="/models/[name]/generate stream",
+                              json={"prime": "The ", "max_length": GENERATE_LENGTH,
+                                    "stream": True}, stream=True,
+                              catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}")
+                return
+            for chunk in response.iter_content(chunk_size=None, decode_unicode=True):
+                if chunk and first_chunk_ms is None:
+                    first_chunk_ms = (time.perf_counter() - started) * 1000
+                received += len(chunk)
+            if received != GENERATE_LENGTH:
+                response.failure(f"stream ended after {received} characters")
+        if first_chunk_ms is not None:
+            events.request.fire(request_type="TTFC", name="stream first chunk",
+                                response_time=first_chunk_ms, response_length=0,
+                                exception=None, context={})
+
+
+class PredictUser(HttpUser):
+    """Classifier predictions with one 28x28 example of random pixels."""
+
+    wait_time = between(0.05, 0.2)
+    weight = 2
+
+    @task
+    def predict(self):
+        names = ready_models(self.client).get("lstm-classifier")
+        if not names:
+            return
+        pixels = [random.random() for _ in range(784)]
+        with self.client.post(f"/models/{random.choice(names)}/predict",
+                              name="/models/[name]/predict", json={"data": pixels},
+                              catch_response=True) as response:
+            if response.status_code != 200 or len(response.json().get("y", [])) == 0:
+                response.failure(f"{response.status_code}")
+
+
+class BrowseUser(HttpUser):
+    """What a person's page does: list models, open one, tail its training log."""
+
+    wait_time = between(0.5, 2)
+    weight = 1
+
+    @task
+    def browse(self):
+        models = self.client.get("/models", name="/models").json()["models"]
+        if not models:
+            return
+        model = random.choice(models)
+        detail = self.client.get(f"/models/{model['name']}", name="/models/[name]").json()
+        version = detail["versions"][-1]["version"]
+        self.client.get(f"/models/{model['name']}/versions/{version}/logs?offset=0",
+                        name="/models/[name]/versions/[v]/logs")
