@@ -129,4 +129,5 @@ def test_init_from_continues_training_and_refuses_new_characters(ray_cluster, re
     assert sample.main(["--name", "two-workers", "--prime", "ROMEO:", "--max_length", "40",
                         "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    assert "ROMEO:" in out and len(out[out.index("ROMEO:"):].rstrip("\n")) == len("ROMEO:") + 40
+    assert out.endswith("\n") and "ROMEO:" in out
+    assert len(out[out.rindex("ROMEO:"):-1]) == len("ROMEO:") + 40  # print adds one newline
