@@ -130,4 +130,4 @@ def test_init_from_continues_training_and_refuses_new_characters(ray_cluster, re
                         "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert out.endswith("\n") and "ROMEO:" in out
-    assert len(out[out.rindex("ROMEO:"):-1]) == len("ROMEO:") + 40  # print adds one newline
+    assert len(out[out.index("ROMEO:"):-1]) == len("ROMEO:") + 40  # print adds one newline
