@@ -80,15 +80,10 @@ def charrnn_worker(config: dict) -> None:
         global_batch_size=train.num_seqs * config["num_workers"],
         items_per_example=train.num_steps,
         examples_per_epoch=len(train_ids) // train.num_steps,
-        learning_rate=train.learning_rate,
-        grad_clip=train.grad_clip,
-        max_steps=train.max_steps,
-        eval_every_n=train.save_every_n,
-        log_every_n=train.log_every_n,
+        run=train,
         log=config["log"],
         score_name=SCORE if len(val_ids) else "train_loss",
         deadline=config.get("deadline"),
-        budget_s=train.max_minutes * 60 or None,
     ))
 
 

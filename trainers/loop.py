@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.config import RunConfig
+
 WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
@@ -38,15 +40,10 @@ class LoopTask:
     global_batch_size: int  # examples per step summed over workers
     items_per_example: int  # characters (or sequences) one example stands for, for throughput
     examples_per_epoch: int  # training examples in one pass over the data (for `epoch`)
-    learning_rate: float
-    grad_clip: float
-    max_steps: int
-    eval_every_n: int
-    log_every_n: int
+    run: RunConfig  # learning rate, steps, checkpoint/log cadence, time budget
     log: Callable[[str], None]  # writes a training log line (the family decides where)
     score_name: str  # metric by which checkpoints are ranked, e.g. "val_loss"
     deadline: float | None = None  # time.time() after which the run stops with an error
-    budget_s: float | None = None  # training seconds after which the run stops early, cleanly
 
 
 class TrainingTimeout(RuntimeError):
@@ -74,7 +71,7 @@ def _restore_checkpoint(directory: str, model, optimizer) -> dict:
 
 
 def run_training_loop(task: LoopTask) -> None:
-    """Train until `task.max_steps`, reporting metrics and checkpoints to Ray Train."""
+    """Train until `task.run.max_steps`, reporting metrics and checkpoints to Ray Train."""
     import keras
     import ray.train
     import tensorflow as tf
@@ -86,7 +83,7 @@ def run_training_loop(task: LoopTask) -> None:
                 else tf.distribute.get_strategy())
     with strategy.scope():
         model = task.build_model()
-        optimizer = keras.optimizers.Adam(task.learning_rate, global_clipnorm=task.grad_clip)
+        optimizer = keras.optimizers.Adam(task.run.learning_rate, global_clipnorm=task.run.grad_clip)
         optimizer.build(model.trainable_variables)
 
     step, best = 0, None
@@ -118,9 +115,10 @@ def run_training_loop(task: LoopTask) -> None:
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     batches = task.batches(rank, world, step)
+    budget_s = task.run.max_minutes * 60
     started = time.perf_counter()
     window_start, window_steps, window_loss = started, 0, 0.0
-    last_step, pending = task.max_steps, []
+    last_step, pending = task.run.max_steps, []
     while step < last_step:
         if task.deadline is not None and time.time() > task.deadline:
             raise TrainingTimeout(f"training exceeded its wall-clock limit at step {step}")
@@ -129,25 +127,25 @@ def run_training_loop(task: LoopTask) -> None:
         pending.append(train_step(tf.constant(x), tf.constant(y)))
         step += 1
         window_steps += 1
-        boundary = step % task.log_every_n == 0 or step % task.eval_every_n == 0
+        boundary = step % task.run.log_every_n == 0 or step % task.run.save_every_n == 0
         if boundary or step == last_step:
             losses = [float(loss) for loss in pending]
             pending.clear()
             if not np.all(np.isfinite(losses)):
                 raise FloatingPointError(f"training loss became non-finite before step {step}")
             window_loss += sum(losses)
-        if task.budget_s and step % task.log_every_n == 0:
+        if budget_s and step % task.run.log_every_n == 0:
             # Every worker must stop at the same step or the others hang in the all-reduce,
             # so they agree through a collective: stop as soon as any one is over budget.
-            over = float(time.perf_counter() - started > task.budget_s)
+            over = float(time.perf_counter() - started > budget_s)
             if float(any_worker(tf.constant(over))) > 0:
                 last_step = step
-        if step % task.log_every_n == 0 and rank == 0:
+        if step % task.run.log_every_n == 0 and rank == 0:
             elapsed = time.perf_counter() - window_start
             rate = window_steps * task.global_batch_size * task.items_per_example / elapsed
-            task.log(f"step {step}/{task.max_steps} loss {window_loss / window_steps:.4f} "
+            task.log(f"step {step}/{task.run.max_steps} loss {window_loss / window_steps:.4f} "
                      f"{rate:,.0f} items/s")
-        if step % task.eval_every_n == 0 or step == last_step:
+        if step % task.run.save_every_n == 0 or step == last_step:
             elapsed = time.perf_counter() - window_start
             metrics = {
                 "step": step,

@@ -61,15 +61,10 @@ def classifier_worker(config: dict) -> None:
         global_batch_size=run.batch_size * run.num_workers,
         items_per_example=1,
         examples_per_epoch=len(x_train),
-        learning_rate=run.learning_rate,
-        grad_clip=run.grad_clip,
-        max_steps=run.max_steps,
-        eval_every_n=run.save_every_n,
-        log_every_n=run.log_every_n,
+        run=run,
         log=config["log"],
         score_name=SCORE if len(x_val) else "train_loss",
         deadline=config.get("deadline"),
-        budget_s=run.max_minutes * 60 or None,
     ))
 
 
