@@ -9,6 +9,7 @@ sends) with the reason in the version's log, so no version is left `training` by
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import tempfile
@@ -62,6 +63,19 @@ def read_input(registry: Registry, path: str) -> bytes:
         raise UserError(f"input file not found: {path}") from error
 
 
+def submitted_job_id() -> str | None:
+    """The Ray job submission id when this process is a `ray job submit` entrypoint.
+
+    Ray's job supervisor hands the driver its job config (metadata included) as JSON in an
+    environment variable; outside a job there is none.
+    """
+    try:
+        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    except ValueError:
+        return None
+    return (config.get("metadata") or {}).get("job_submission_id")
+
+
 # (record, output_dir, log) -> metrics; writes every artifact file into output_dir.
 TrainFunction = Callable[[VersionRecord, str, RegistryLog], dict]
 
@@ -75,7 +89,7 @@ def run_job(settings: Settings, name: str, kind: str, params: dict, version: int
     record = (registry.get_version(name, version) if version is not None
               else registry.create_version(name, kind, params))
     log = RegistryLog(settings, name, record.version)
-    job_id = os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID")
+    job_id = submitted_job_id()
     # Record every resolved parameter (the server queued only what the user gave).
     registry.update_version(name, record.version, status="training",
                             params={**params, **record.params},

@@ -131,3 +131,18 @@ def test_init_from_continues_training_and_refuses_new_characters(ray_cluster, re
     out = capsys.readouterr().out
     assert out.endswith("\n") and "ROMEO:" in out
     assert len(out[out.index("ROMEO:"):-1]) == len("ROMEO:") + 40  # print adds one newline
+
+
+def test_ray_job_submit_cli_trains_a_ready_version(ray_cluster, registry, corpus):
+    """What a user types: `ray job submit --working-dir . -- python -m trainers.charrnn ...`."""
+    from tests.conftest import BIN
+
+    result = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ray_cluster["dashboard"],
+         "--working-dir", ".", "--", "python", "-m", "trainers.charrnn", "--input_file", corpus,
+         "--name", "submitted", "--max_steps", "20", "--save_every_n", "10", *SMALL_MODEL],
+        cwd=REPO, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "succeeded" in result.stdout.lower()
+    record = registry.get_version("submitted", 1)
+    assert record.status == "ready" and record.job_id  # the job id Ray gave the driver
