@@ -186,6 +186,20 @@ def test_metrics_reach_the_prometheus_port(trained, ray_cluster):
     values = wait_for(scraped, 60, interval=2, what="rnnserve metrics on the export port")
     assert values["rnnserve_chars_generated_total"] >= 50
 
+    # Every series the Grafana dashboard plots is really exported.
+    import json
+    import re
+
+    from tests.conftest import REPO
+
+    dashboard = json.loads((REPO / "deploy" / "grafana-dashboard.json").read_text())
+    exported = {line.split("{")[0].split(" ")[0]
+                for line in requests.get(ray_cluster["metrics"], timeout=10).text.splitlines()
+                if line and not line.startswith("#")}
+    wanted = {name for panel in dashboard["panels"] for target in panel["targets"]
+              for name in re.findall(r"ray_\w+", target["expr"])}
+    assert wanted <= exported, sorted(wanted - exported)
+
 
 def test_the_locustfile_runs_headless_without_failures(trained, tmp_path):
     """A short real locust run, so loadtest/locustfile.py cannot silently rot."""
@@ -207,3 +221,42 @@ def test_the_locustfile_runs_headless_without_failures(trained, tmp_path):
     total = rows["Aggregated"]
     assert int(total["Request Count"]) > 10 and int(total["Failure Count"]) == 0
     assert int(rows["/models/[name]/generate stream"]["Request Count"]) > 0
+
+
+def test_a_real_prometheus_scrapes_rnnserve_metrics(trained, ray_cluster, tmp_path):
+    """Debian's Prometheus with deploy/prometheus.yml (pointed at this cluster's metrics port)
+    answers a query for an rnnserve series through its HTTP API."""
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import REPO, free_port
+
+    config = yaml.safe_load((REPO / "deploy" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    job = config["scrape_configs"][0]
+    job.pop("file_sd_configs")
+    job["static_configs"] = [{"targets": [ray_cluster["metrics"].split("/")[2]]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    server = subprocess.Popen(
+        ["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        generate(trained, "sonnets", prime="A", max_length=30)
+
+        def series():
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/api/v1/query", timeout=5,
+                                      params={"query": "ray_rnnserve_chars_generated_total"}).json()
+            except requests.RequestException:
+                return None
+            results = answer.get("data", {}).get("result", [])
+            return results if any(float(r["value"][1]) > 0 for r in results) else None
+
+        results = wait_for(series, 90, interval=2, what="Prometheus to scrape rnnserve metrics")
+        assert {r["metric"]["model"] for r in results} >= {"bard:1"}
+    finally:
+        server.terminate()
+        server.wait(10)
