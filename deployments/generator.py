@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from models.runner import StepRunner
 from ray import serve
 
 from deployments.engine import QueueFull, SamplingEngine
@@ -20,6 +19,7 @@ from deployments.errors import Overloaded
 from deployments.metrics import GeneratorMetrics
 from models.artifacts import load_charrnn
 from models.config import SampleConfig
+from models.runner import StepRunner
 from registry import Registry, Settings
 from trainers.cli import parse_model_ref
 
@@ -48,10 +48,12 @@ class LoadedModel:
 @serve.deployment
 class Generator:
     def __init__(self, settings: dict | None = None, max_models_per_replica: int = 4,
-                 max_batch: int = 64, max_waiting: int = 512):
+                 max_batch: int = 64, max_waiting: int = 512,
+                 generation_timeout_s: float = 120.0):
         enable_gpu_memory_growth()
         self.registry = Registry(Settings.from_env(**(settings or {})))
         self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.generation_timeout_s = generation_timeout_s
         self.metrics = GeneratorMetrics()
         self.loaded: set[str] = set()
 
@@ -82,7 +84,7 @@ class Generator:
 
     def _submit(self, engine: SamplingEngine, model_id: str, sample: SampleConfig):
         try:
-            handle = engine.submit(sample)
+            handle = engine.submit(sample, deadline_s=self.generation_timeout_s)
         except QueueFull as error:
             raise Overloaded(f"model {model_id} is busy: {error}") from None
         self.metrics.queue_depth.set(engine.queue_depth, tags={"model": model_id})
@@ -110,6 +112,7 @@ class Generator:
             handle.cancel()  # no-op when finished; frees the slot if this call was cancelled
         self._record(model_id, engine, handle, len(text))
         return {"text": sample.prime + text, "generated": text, "generated_chars": len(text),
+                "finish_reason": handle.reason,
                 "time_to_first_char_s": _seconds(handle.first_char_at, handle.submitted_at)}
 
     async def stream(self, sample: SampleConfig):

@@ -18,6 +18,7 @@ from ray import serve
 
 from deployments.auth import check_api_key
 from deployments.errors import ApiError, Overloaded, install_error_handlers
+from deployments.guards import BODY_TOO_LARGE, RequestGuards
 from deployments.jobs import TrainingJobs
 from deployments.limits import Limits
 from deployments.metrics import JobMetrics
@@ -53,6 +54,8 @@ class Ingress:
         self.settings = Settings.from_env(**(settings or {}))
         self.registry = Registry(self.settings)
         self.limits = Limits.from_dict(limits or {})
+        app.add_middleware(RequestGuards, max_upload_bytes=self.limits.max_upload_bytes,
+                           limiters=self.limits.rate_limiters())
         self.generator = generator
         self.classifier = classifier
         self.jobs = TrainingJobs(self.settings, dashboard_address)
@@ -88,6 +91,8 @@ class Ingress:
         """Store the upload, queue a version and submit its training job (hyperparameters as
         extra form fields named like the trainer's flags, e.g. `max_steps`, `lstm_size`)."""
         self._authorize(request)
+        if request.scope.get(BODY_TOO_LARGE):
+            raise ApiError(413, f"upload larger than {self.limits.max_upload_bytes} bytes")
         validate_name(name)
         family = FAMILIES.get(kind)
         if family is None:

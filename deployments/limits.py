@@ -17,6 +17,22 @@ class Limits:
     max_prime_chars: int = 2000
     max_length: int = 5000  # generated characters per request
     max_predict_rows: int = 256  # examples per predict request
+    generation_timeout_s: float = 120.0  # a generation still running then is cut short
+    inference_per_s: float = 50.0  # generate/predict requests per client per second...
+    inference_burst: float = 200.0  # ...with bursts up to this many
+    uploads_per_minute: float = 10.0  # uploads per client per minute...
+    upload_burst: float = 5.0  # ...with bursts up to this many
+
+    def rate_limiters(self) -> dict:
+        """Token buckets for the two route classes (a rate of 0 switches one off)."""
+        from deployments.guards import RateLimiter
+
+        limiters = {}
+        if self.inference_per_s > 0:
+            limiters["inference"] = RateLimiter(self.inference_per_s, self.inference_burst)
+        if self.uploads_per_minute > 0:
+            limiters["upload"] = RateLimiter(self.uploads_per_minute / 60, self.upload_burst)
+        return limiters
 
     @classmethod
     def from_dict(cls, values: dict) -> Limits:
@@ -24,7 +40,9 @@ class Limits:
         unknown = set(values) - names
         if unknown:
             raise ValueError(f"unknown limits: {', '.join(sorted(unknown))}")
-        return cls(**{k: int(v) for k, v in values.items()})
+        types = {f.name: f.type for f in fields(cls)}
+        return cls(**{k: (float(v) if types[k] in ("float", float) else int(v))
+                      for k, v in values.items()})
 
     def check_sample(self, sample: SampleConfig) -> None:
         if len(sample.prime) > self.max_prime_chars:

@@ -99,6 +99,9 @@ def serve_app(ray_cluster, tmp_path_factory):
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
+    # Many uploads come from this one client in a few minutes: lift its upload rate limit
+    # (test_serving checks the limiter itself on the inference routes).
+    config["applications"][0]["args"]["limits"].update(uploads_per_minute=6000, upload_burst=1000)
     path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address",

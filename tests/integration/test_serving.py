@@ -260,3 +260,26 @@ def test_a_real_prometheus_scrapes_rnnserve_metrics(trained, ray_cluster, tmp_pa
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_oversize_upload_is_413_and_stores_nothing(trained, registry):
+    data = b"a" * (10 * 1024 * 1024 + 200_000)
+    response = requests.post(f"{trained}/models", data={"name": "huge", **TRAIN_FORM},
+                             files={"file": ("big.txt", data)}, timeout=60)
+    assert response.status_code == 413 and response.json()["error"]
+    assert requests.get(f"{trained}/models/huge").status_code == 404
+    assert not registry.artifacts.exists("uploads/huge")
+
+
+def test_a_client_over_its_rate_gets_429_with_retry_after(trained):
+    # Its own bucket (keyed by the Authorization header), so other tests are not throttled.
+    headers = {"Authorization": "Bearer rate-probe"}
+    for _ in range(1000):
+        response = requests.post(f"{trained}/models/nobody/generate", json={}, headers=headers,
+                                 timeout=10)
+        if response.status_code == 429:
+            break
+        assert response.status_code == 404
+    assert response.status_code == 429, "never throttled"
+    assert int(response.headers["Retry-After"]) >= 1 and response.json()["error"]
+    assert generate(trained, "bard", max_length=5).status_code == 200  # others unaffected

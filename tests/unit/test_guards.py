@@ -1,0 +1,93 @@
+"""Request guards as ASGI middleware on a tiny Starlette app (no Ray): rate limits and the
+upload cap applied while the body streams in."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from deployments.guards import BODY_TOO_LARGE, RateLimiter, RequestGuards, TokenBucket
+
+
+def test_token_bucket_allows_bursts_then_paces():
+    bucket = TokenBucket(rate=2.0, burst=3, tokens=3, updated=0.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take(0.0) == pytest.approx(0.5)  # next token in 1/rate seconds
+    assert bucket.take(0.5) == 0.0
+
+
+def test_rate_limiter_keeps_clients_apart_and_forgets_old_ones():
+    limiter = RateLimiter(rate=1.0, burst=1, max_clients=2)
+    assert limiter.check("a", 0.0) == 0 and limiter.check("a", 0.0) > 0
+    assert limiter.check("b", 0.0) == 0
+    limiter.check("c", 0.0)
+    assert list(limiter.buckets) == ["b", "c"]
+
+
+@pytest.fixture()
+def client():
+    calls = []
+
+    async def upload(request: Request):
+        form = await request.form()  # as FastAPI does before calling a route with Form fields
+        if request.scope.get(BODY_TOO_LARGE):
+            return JSONResponse({"error": "too large"}, status_code=413)
+        calls.append(len(await form["file"].read()))
+        return JSONResponse({"ok": True}, status_code=202)
+
+    async def generate(request: Request):
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/models", upload, methods=["POST"]),
+                            Route("/models/m/generate", generate, methods=["POST"])])
+    app.add_middleware(RequestGuards, max_upload_bytes=1000,
+                       limiters={"inference": RateLimiter(1.0, 2)})
+    test_client = TestClient(app)
+    test_client.calls = calls
+    return test_client
+
+
+def test_upload_over_the_cap_is_413_and_never_reaches_the_route(client):
+    ok = client.post("/models", files={"file": ("a.txt", b"x" * 500)})
+    assert ok.status_code == 202 and client.calls == [500]
+    big = client.post("/models", files={"file": ("a.txt", b"x" * 200_000)})
+    assert big.status_code == 413 and big.json()["error"].startswith("upload larger")
+    assert client.calls == [500]
+
+
+def test_inference_over_the_rate_is_429_with_retry_after(client):
+    codes = [client.post("/models/m/generate").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    limited = client.post("/models/m/generate")
+    assert limited.headers["retry-after"] == "1" and limited.json()["error"]
+    other = client.post("/models/m/generate", headers={"authorization": "Bearer other-client"})
+    assert other.status_code == 200
+
+
+def test_chunked_upload_without_length_is_cut_off_while_streaming(client):
+    """Drive the ASGI app directly so we can count how much of the body it pulled."""
+    import asyncio
+
+    chunks = [b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n',
+              *[b"x" * 10_000] * 100, b"\r\n--b--\r\n"]
+    pulled, sent = [], []
+
+    async def receive():
+        pulled.append(1)
+        return {"type": "http.request", "body": chunks[len(pulled) - 1],
+                "more_body": len(pulled) < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/models", "query_string": b"",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+             "client": ("127.0.0.1", 1), "server": ("test", 80), "scheme": "http",
+             "root_path": "", "http_version": "1.1"}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 413 and client.calls == []
+    assert len(pulled) < 10, f"read {len(pulled)} of {len(chunks)} chunks before refusing"
