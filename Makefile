@@ -42,6 +42,9 @@ test: $(BIN)/.installed system-deps
 test-unit: $(BIN)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
+fuzz: $(BIN)/.installed system-deps
+	RNNSERVE_FUZZ_EXAMPLES=300 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
