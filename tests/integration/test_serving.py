@@ -283,3 +283,47 @@ def test_a_client_over_its_rate_gets_429_with_retry_after(trained):
     assert response.status_code == 429, "never throttled"
     assert int(response.headers["Retry-After"]) >= 1 and response.json()["error"]
     assert generate(trained, "bard", max_length=5).status_code == 200  # others unaffected
+
+
+def test_a_killed_generator_replica_is_replaced_and_errors_stay_few(trained):
+    """Kill the Generator replica's process while requests flow: Serve starts a new one, only
+    requests in flight on the dead replica may fail, and the service answers within 30 s.
+    (Kept last in this module: it restarts the replica the earlier tests used.)"""
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    outcomes, stop = [], threading.Event()
+
+    def fire():
+        while not stop.is_set():
+            try:
+                code = generate(trained, "bard", prime="A", max_length=30).status_code
+            except requests.RequestException:
+                code = -1
+            outcomes.append((time.monotonic(), code))
+
+    threads = [threading.Thread(target=fire) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: sum(code == 200 for _, code in outcomes) >= 5, 60, what="traffic")
+        replicas = list_actors(filters=[("class_name", "=", "ServeReplica:rnnserve:Generator"),
+                                        ("state", "=", "ALIVE")])
+        assert len(replicas) == 1
+        killed_at = time.monotonic()
+        os.kill(replicas[0].pid, signal.SIGKILL)
+        recovered = wait_for(
+            lambda: next((t for t, code in outcomes if t > killed_at and code == 200), None),
+            60, interval=0.5, what="a successful request after the kill")
+        time.sleep(2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    failures = [code for t, code in outcomes if t > killed_at and code != 200]
+    assert recovered - killed_at < 30, f"no answer for {recovered - killed_at:.0f} s"
+    assert len(failures) <= 2 * len(threads), failures  # at most what was in flight, retried
