@@ -116,6 +116,20 @@ def test_cancel_a_running_job(trained, shakespeare):
     assert again.status_code == 409
 
 
+def test_ray_job_stop_from_outside_marks_the_version(trained, shakespeare, ray_cluster):
+    """A user stops the job with Ray's own tools, not our API: the version must not stay
+    `training` forever."""
+    from ray.job_submission import JobSubmissionClient
+
+    response = upload(trained, "stopped", shakespeare[:30_000], max_steps="100000")
+    version, job_id = response.json()["version"], response.json()["job_id"]
+    wait_status(trained, "stopped", version, {"training"}, timeout=200)
+    JobSubmissionClient(ray_cluster["dashboard"]).stop_job(job_id)
+    record = wait_status(trained, "stopped", version, {"cancelled", "failed"}, timeout=120)
+    logs = requests.get(f"{trained}/models/stopped/versions/{version}/logs").json()["lines"]
+    assert record["status"] == "cancelled" or any("ended" in line for line in logs), logs[-5:]
+
+
 def test_delete_removes_the_model(trained, shakespeare, registry):
     response = upload(trained, "doomed", shakespeare[:30_000], max_steps="100000")
     assert response.status_code == 202
