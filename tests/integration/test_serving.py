@@ -130,6 +130,27 @@ def test_ray_job_stop_from_outside_marks_the_version(trained, shakespeare, ray_c
     assert record["status"] == "cancelled" or any("ended" in line for line in logs), logs[-5:]
 
 
+def test_concurrent_uploads_with_one_name_get_distinct_versions(trained, shakespeare):
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        responses = list(pool.map(lambda _: upload(trained, "twin", shakespeare[:30_000],
+                                                   max_steps="100000"), range(3)))
+    assert all(r.status_code == 202 for r in responses)
+    versions = sorted(r.json()["version"] for r in responses)
+    assert versions == [1, 2, 3]
+    for version in versions:  # free the cluster again
+        requests.post(f"{trained}/models/twin/versions/{version}/cancel", timeout=60)
+
+
+def test_training_wall_clock_limit_fails_the_version(trained, shakespeare):
+    response = upload(trained, "slowpoke", shakespeare[:30_000], max_steps="1000000",
+                      timeout_s="3", max_failures="0")
+    version = response.json()["version"]
+    record = wait_status(trained, "slowpoke", version, {"failed", "ready"}, timeout=300)
+    assert record["status"] == "failed"
+    logs = requests.get(f"{trained}/models/slowpoke/versions/{version}/logs").json()["lines"]
+    assert any("wall-clock limit" in line for line in logs), logs[-8:]
+
+
 def test_delete_removes_the_model(trained, shakespeare, registry):
     response = upload(trained, "doomed", shakespeare[:30_000], max_steps="100000")
     assert response.status_code == 202
