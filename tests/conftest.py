@@ -37,38 +37,49 @@ def session_storage(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("storage")
 
 
+def start_ray_head(env: dict) -> dict:
+    """`ray start --head` on fresh loopback ports; returns the addresses (and `env`)."""
+    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+         "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
+         "--metrics-export-port", str(ports["metrics"]),
+         "--temp-dir", f"/tmp/rnnserve-test-{os.getpid()}", "--disable-usage-stats"],
+        check=True, env=env, cwd=REPO, capture_output=True)
+    return {"address": f"127.0.0.1:{ports['gcs']}",
+            "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
+            "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "env": env}
+
+
+def stop_ray(env: dict) -> None:
+    import ray
+
+    ray.shutdown()
+    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(session_storage):
     """A `ray start --head` cluster whose processes see RNNSERVE_STORAGE/DB of this session.
 
-    Yields a dict of addresses; `ray.init` is connected to it in this process.
+    Yields a dict of addresses (a test that restarts the cluster updates it in place);
+    `ray.init` is connected to it in this process.
     """
     import ray
 
-    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
     env = {**os.environ, "RNNSERVE_STORAGE": str(session_storage),
            "RNNSERVE_DB_URL": f"sqlite:///{session_storage}/registry.db",
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
            # Loopback-only test cluster: Ray's token auth would need a shared token file.
            "RAY_AUTH_MODE": "disabled"}
     os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL", "RAY_AUTH_MODE")})
-    temp_dir = f"/tmp/rnnserve-test-{os.getpid()}"
-    subprocess.run(
-        [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-         "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
-         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
-         "--metrics-export-port", str(ports["metrics"]), "--temp-dir", temp_dir,
-         "--disable-usage-stats"],
-        check=True, env=env, cwd=REPO, capture_output=True)
-    address = f"127.0.0.1:{ports['gcs']}"
-    info = {"address": address, "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
-            "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "env": env}
+    info = start_ray_head(env)
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=info["address"], log_to_driver=False)
         yield info
     finally:
-        ray.shutdown()
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+        stop_ray(env)
 
 
 @pytest.fixture(scope="session")
@@ -89,25 +100,13 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@pytest.fixture(scope="session")
-def serve_app(ray_cluster, tmp_path_factory):
-    """The real Serve app from serve_config.yaml (only the HTTP port changed), deployed with
-    `serve deploy` onto the session cluster. Yields its base URL."""
+def deploy_app(ray_cluster: dict, config_path: Path, url: str) -> None:
+    """`serve deploy` the config onto the cluster and wait until the app answers."""
     import requests
-    import yaml
 
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    # Many uploads come from this one client in a few minutes: lift its upload rate limit
-    # (test_serving checks the limiter itself on the inference routes).
-    config["applications"][0]["args"]["limits"].update(uploads_per_minute=6000, upload_burst=1000)
-    path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address",
+    subprocess.run([str(BIN / "serve"), "deploy", str(config_path), "--address",
                     ray_cluster["dashboard"]], check=True, cwd=REPO, env=ray_cluster["env"],
                    capture_output=True)
-    url = f"http://127.0.0.1:{port}"
 
     def healthy():
         try:
@@ -122,6 +121,25 @@ def serve_app(ray_cluster, tmp_path_factory):
                                 env=ray_cluster["env"], capture_output=True, text=True).stdout
         print(status)
         raise
+
+
+@pytest.fixture(scope="session")
+def serve_app(ray_cluster, tmp_path_factory):
+    """The real Serve app from serve_config.yaml (only the HTTP port changed), deployed with
+    `serve deploy` onto the session cluster. Yields its base URL."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    # Many uploads come from this one client in a few minutes: lift its upload rate limit
+    # (test_serving checks the limiter itself on the inference routes).
+    config["applications"][0]["args"]["limits"].update(uploads_per_minute=6000, upload_burst=1000)
+    path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{port}"
+    ray_cluster["serve_config"] = path
+    deploy_app(ray_cluster, path, url)
     yield url
     subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", ray_cluster["dashboard"]],
                    env=ray_cluster["env"], capture_output=True)
