@@ -13,6 +13,13 @@ from tests.conftest import deploy_app, start_ray_head, stop_ray, wait_for
 pytestmark = pytest.mark.integration
 
 
+def status_of(registry, name: str, version: int) -> str | None:
+    try:
+        return registry.get_version(name, version).status
+    except Exception:  # noqa: BLE001 - not created yet
+        return None
+
+
 def test_restart_keeps_ready_models_and_fails_orphaned_jobs(ray_cluster, serve_app, registry,
                                                           shakespeare):
     form = {"name": "orphan", "max_steps": "1000000", "lstm_size": "32", "num_seqs": "16",
@@ -21,13 +28,13 @@ def test_restart_keeps_ready_models_and_fails_orphaned_jobs(ray_cluster, serve_a
         form_ready = {**form, "name": "survivor-model", "max_steps": "20", "save_every_n": "10"}
         requests.post(f"{serve_app}/models", data=form_ready,
                       files={"file": ("t.txt", shakespeare[:30_000].encode())}, timeout=60)
-        wait_for(lambda: registry.list_models() and registry.get_version(
-            "survivor-model", 1).status == "ready", 400, interval=2, what="a ready model")
+        wait_for(lambda: status_of(registry, "survivor-model", 1) == "ready", 400, interval=2,
+                 what="a ready model")
     ready = {m["name"]: m for m in registry.list_models() if m["production_version"]}
     response = requests.post(f"{serve_app}/models", data=form, timeout=60,
                              files={"file": ("t.txt", shakespeare[:30_000].encode())})
     orphan = response.json()["version"]
-    wait_for(lambda: registry.get_version("orphan", orphan).status == "training", 300,
+    wait_for(lambda: status_of(registry, "orphan", orphan) == "training", 300,
              interval=1, what="the long job to start training")
 
     stop_ray(ray_cluster["env"])  # everything dies: Serve, the job, its workers
