@@ -11,7 +11,7 @@ export RNNSERVE_SHARED_DATA ?= $(SHARED)/data
 METRICS_PORT ?= 8080
 HTTP_PORT ?= 8000
 
-.PHONY: run stop test test-unit lint fuzz bench bench-train bench-sampling bench-classifier loadtest system-deps clean
+.PHONY: run stop test test-unit lint fuzz bench bench-train bench-sampling bench-classifier bench-e2e loadtest system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,7 @@ fuzz: $(BIN)/.installed system-deps
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
-bench: bench-train bench-sampling bench-classifier
+bench: bench-train bench-sampling bench-classifier bench-e2e
 
 bench-train: $(BIN)/.installed
 	$(PY) -m loadtest.bench_train
@@ -58,6 +58,12 @@ bench-sampling: $(BIN)/.installed
 
 bench-classifier: $(BIN)/.installed
 	$(PY) -m loadtest.bench_classifier
+
+loadtest: $(BIN)/.installed
+	$(PY) -m loadtest.run_load --users 32 --seconds 60
+
+bench-e2e: $(BIN)/.installed
+	$(PY) -m loadtest.run_load --users 8,32,64 --seconds 60 --naive
 
 clean:
 	rm -rf $(VENV) storage results

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from deployments.engine import SamplingEngine
+from loadtest.baseline import PerRequestSampler
 from models.charrnn import build_charrnn
 from models.config import CharRNNConfig, SampleConfig
 from models.runner import StepRunner
@@ -49,30 +50,11 @@ def matmul_gflops(batch: int, units: int, seconds: float = 2.0) -> float:
 
 def baseline_chars_per_s(model, config: CharRNNConfig, requests: int, length: int) -> float:
     """The origin's design: each request runs its own loop of compiled batch-1 steps."""
-    import tensorflow as tf
-
-    cells = [model.get_layer(f"rnn_{i}").cell for i in range(config.num_layers)]
-    dense = model.get_layer("logits")
-
-    @tf.function
-    def step(char_id, states):
-        x = tf.one_hot(char_id, config.vocab_size)
-        new_states = []
-        for cell, state in zip(cells, states, strict=True):
-            x, state = cell(x, state)
-            new_states.append(state)
-        return dense(x), new_states
-
-    units = config.lstm_size
+    sampler = PerRequestSampler(model, config)
     started = time.perf_counter()
     for request in range(requests):
-        rng = np.random.default_rng(request)
-        states = [[tf.zeros((1, units)), tf.zeros((1, units))] for _ in cells]
-        char = tf.constant([1])
-        for _ in range(length):
-            logits, states = step(char, states)
-            probs = tf.nn.softmax(logits[0]).numpy().astype(np.float64)
-            char = tf.constant([rng.choice(len(probs), p=probs / probs.sum())])
+        for _ in sampler.sample([1], length, np.random.default_rng(request)):
+            pass
     return requests * length / (time.perf_counter() - started)
 
 

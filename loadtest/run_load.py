@@ -1,0 +1,175 @@
+"""End-to-end load runs with locust: the Serve app, and (with --naive) the naive server.
+
+    python -m loadtest.run_load --users 32 --seconds 60            # make loadtest
+    python -m loadtest.run_load --users 8,32,64 --seconds 60 --naive   # make bench-e2e
+
+Starts what is missing (a local Ray head and the Serve app from serve_config.yaml), seeds a
+small model when none is ready, runs locust headless per user count and writes CSV + HTML
+reports and a summary (requests/s, failures, time to first character percentiles, total
+chars/s, Generator replicas over time) under results/loadtest/ and benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
+REPORTS = REPO / "results" / "loadtest"
+RESULTS = REPO / "benchmarks" / "results"
+SEED_MODEL = "loadtest-bard"
+LENGTH = 200  # characters per generate request (RNNSERVE_LOAD_LENGTH for the locustfile)
+
+
+def ensure_app(url: str) -> None:
+    try:
+        if requests.get(f"{url}/healthz", timeout=2).ok:
+            return
+    except requests.RequestException:
+        pass
+    subprocess.run([str(BIN / "ray"), "start", "--head", "--disable-usage-stats",
+                    "--dashboard-host", "127.0.0.1", "--metrics-export-port", "8080"],
+                   cwd=REPO, capture_output=True)
+    subprocess.run([str(BIN / "serve"), "deploy", "serve_config.yaml"], cwd=REPO, check=True)
+    for _ in range(180):
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise SystemExit("the Serve app did not come up")
+
+
+def ensure_model(url: str) -> str:
+    """A ready char-RNN to load: the first one listed, else a small one trained now."""
+    for model in requests.get(f"{url}/models", timeout=10).json()["models"]:
+        if model["kind"] == "charrnn" and model["production_version"]:
+            return model["name"]
+    text = (SHARED_DATA / "tinyshakespeare.txt").read_bytes()[:200_000]
+    response = requests.post(f"{url}/models", timeout=60, files={"file": ("seed.txt", text)},
+                             data={"name": SEED_MODEL, "max_steps": "300", "save_every_n": "100"})
+    response.raise_for_status()
+    print(f"seeding model {SEED_MODEL} (job {response.json()['job_id']})", flush=True)
+    for _ in range(900):
+        detail = requests.get(f"{url}/models/{SEED_MODEL}", timeout=10).json()
+        status = detail["versions"][-1]["status"]
+        if status == "ready":
+            return SEED_MODEL
+        if status in ("failed", "cancelled"):
+            raise SystemExit(f"seeding failed: {status}")
+        time.sleep(2)
+    raise SystemExit("seeding timed out")
+
+
+class ReplicaSampler(threading.Thread):
+    """Polls the Generator's running replica count (Serve's status API) once a second."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, int]] = []
+        self.stopped = threading.Event()
+
+    def run(self):
+        from ray import serve
+
+        started = time.monotonic()
+        while not self.stopped.is_set():
+            try:
+                app = serve.status().applications["rnnserve"]
+                states = app.deployments["Generator"].replica_states
+                self.samples.append((time.monotonic() - started, states.get("RUNNING", 0)))
+            except Exception:  # noqa: BLE001 - not on a Serve cluster (naive server)
+                pass
+            time.sleep(1)
+
+
+def run_locust(host: str, users: int, seconds: int, model: str, label: str) -> dict:
+    prefix = REPORTS / f"{label}-{users}u"
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RNNSERVE_MODELS": model, "RNNSERVE_LOAD_LENGTH": str(LENGTH)}
+    started = time.perf_counter()
+    subprocess.run([str(BIN / "locust"), "-f", "loadtest/locustfile.py", "--headless",
+                    "-u", str(users), "-r", str(max(1, users // 2)), "-t", f"{seconds}s",
+                    "--host", host, "--csv", str(prefix), "--html", f"{prefix}.html",
+                    "--only-summary", "GenerateUser", "StreamUser"],
+                   cwd=REPO, env=env, check=False)
+    elapsed = time.perf_counter() - started
+    with open(f"{prefix}_stats.csv") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    total = rows["Aggregated"]
+    ttfc = rows.get("stream first chunk", {})
+    generated = sum(int(rows[name]["Request Count"]) - int(rows[name]["Failure Count"])
+                    for name in ("/models/[name]/generate", "/models/[name]/generate stream")
+                    if name in rows)
+    requests_only = int(total["Request Count"]) - int(ttfc.get("Request Count", 0) or 0)
+    return {"label": label, "users": users, "seconds": seconds,
+            "requests_per_s": requests_only / elapsed,
+            "failures": int(total["Failure Count"]),
+            "ttfc_ms": {p: float(ttfc.get(p, "nan") or "nan") for p in ("50%", "95%", "99%")},
+            "chars_per_s": generated * LENGTH / elapsed,
+            "report": f"{prefix}.html"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="http://127.0.0.1:8000")
+    parser.add_argument("--users", default="32", help="comma-separated user counts")
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--naive", action="store_true", help="also load the naive server")
+    args = parser.parse_args(argv)
+    users = [int(u) for u in args.users.split(",")]
+    ensure_app(args.host)
+    model = ensure_model(args.host)
+
+    import ray
+
+    ray.init(address="auto", log_to_driver=False)
+    results = []
+    for count in users:
+        sampler = ReplicaSampler()
+        sampler.start()
+        result = run_locust(args.host, count, args.seconds, model, "serve")
+        sampler.stopped.set()
+        result["replicas"] = sampler.samples
+        results.append(result)
+    if args.naive:
+        naive = subprocess.Popen([sys.executable, "-m", "loadtest.naive_server", "--name", model,
+                                  "--port", "8100"], cwd=REPO)
+        try:
+            for _ in range(60):
+                try:
+                    if requests.get("http://127.0.0.1:8100/models", timeout=2).ok:
+                        break
+                except requests.RequestException:
+                    time.sleep(1)
+            for count in users:
+                results.append(run_locust("http://127.0.0.1:8100", count, args.seconds, model,
+                                          "naive"))
+        finally:
+            naive.terminate()
+    for r in results:
+        print(f"{r['label']:>5} {r['users']:>3} users: {r['requests_per_s']:6.1f} req/s, "
+              f"{r['failures']} failures, TTFC p50/p95/p99 {r['ttfc_ms']['50%']:.0f}/"
+              f"{r['ttfc_ms']['95%']:.0f}/{r['ttfc_ms']['99%']:.0f} ms, "
+              f"{r['chars_per_s']:,.0f} chars/s"
+              + (f", replicas max {max(n for _, n in r['replicas'])}" if r.get("replicas") else ""))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "load.json").write_text(json.dumps({"model": model, "runs": results}, indent=2))
+    if any(r["failures"] for r in results if r["label"] == "serve"):
+        raise SystemExit("failed requests against the Serve app")
+
+
+if __name__ == "__main__":
+    main()
