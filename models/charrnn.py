@@ -39,7 +39,8 @@ def build_charrnn(config: CharRNNConfig) -> keras.Model:
         x = _CELLS[config.cell](config.lstm_size, return_sequences=True, name=f"rnn_{layer}")(x)
         if drop_rate > 0:
             x = keras.layers.Dropout(drop_rate, name=f"dropout_{layer}")(x)
-    logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
+    # float32 logits even under a mixed-precision policy: softmax/loss need the range.
+    logits = keras.layers.Dense(config.vocab_size, name="logits", dtype="float32")(x)
     return keras.Model(ids, logits, name="charrnn")
 
 

@@ -18,7 +18,7 @@ def build_classifier(config: ClassifierConfig) -> keras.Model:
         x = keras.layers.LSTM(config.num_hidden, return_sequences=not last, name=f"lstm_{layer}")(x)
         if config.dropout > 0:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{layer}")(x)
-    logits = keras.layers.Dense(config.classes, name="logits")(x)
+    logits = keras.layers.Dense(config.classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, logits, name="lstm_classifier")
 
 

@@ -49,6 +49,7 @@ class RunConfig:
     seed: int = param(0, "random seed for batching and initialisation", 0, 2**31 - 1)
     num_workers: int = param(1, "Ray Train workers (data-parallel)", 1, 256)
     use_gpu: bool = param(False, "put one GPU on each worker")
+    mixed_precision: bool = param(False, "compute in float16, keep float32 weights (for GPUs)")
     cpus_per_worker: int = param(1, "CPU cores each worker reserves (and TensorFlow's thread "
                                  "count)", 1, 256)
     max_failures: int = param(3, "worker failures to survive by resuming from a checkpoint",

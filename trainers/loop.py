@@ -76,6 +76,9 @@ def run_training_loop(task: LoopTask) -> None:
     import ray.train
     import tensorflow as tf
 
+    if task.run.mixed_precision:
+        # float16 math with float32 weights; the logits layers stay float32 for a stable loss.
+        keras.mixed_precision.set_global_policy("mixed_float16")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     # One worker needs no collectives: the default strategy skips MWMS's per-step overhead.
