@@ -28,8 +28,8 @@ ORIGIN = ["--lstm_size", "128", "--num_layers", "2", "--num_seqs", "32", "--num_
 OURS = ["--lstm_size", "256", "--num_layers", "2", "--use_embedding", "--embedding_size", "64",
         "--num_seqs", "64", "--num_steps", "64", "--learning_rate", "0.003",
         "--train_keep_prob", "0.9"]
-CHECKPOINT = re.compile(r"checkpoint: step (\d+) elapsed_s ([\d.]+) .*items_per_s ([\d.]+) "
-                        r"val_loss ([\d.]+)")
+CHECKPOINT = re.compile(r"checkpoint: step (\d+) (?:epoch [\d.]+ )?elapsed_s ([\d.]+) "
+                        r".*items_per_s ([\d.]+) val_loss ([\d.]+)")
 
 
 def train(storage: str, name: str, model_flags: list[str], workers: int, minutes: float,
@@ -42,11 +42,11 @@ def train(storage: str, name: str, model_flags: list[str], workers: int, minutes
             "--save_every_n", str(eval_every), "--log_every_n", str(eval_every),
             "--num_workers", str(workers), "--cpus_per_worker", str(2 // workers),
             "--storage", storage, *model_flags]
+    registry = Registry(Settings.from_env(storage=storage))
     started = time.perf_counter()
-    if charrnn.main(args) != 0:
+    if ready_run(registry, name) is None and charrnn.main(args) != 0:  # reuse a finished run
         raise RuntimeError(f"training {name} failed")
     wall = time.perf_counter() - started
-    registry = Registry(Settings.from_env(storage=storage))
     record = registry.get_version(name, 1)
     curve = [{"step": int(m[1]), "minutes": float(m[2]) / 60, "chars_per_s": float(m[3]),
               "val_loss": float(m[4])}
@@ -56,6 +56,14 @@ def train(storage: str, name: str, model_flags: list[str], workers: int, minutes
     return {"name": name, "workers": workers, "flags": model_flags, "params": record.metrics["params"],
             "wall_s": wall, "chars_per_s": sum(steady) / len(steady), "curve": curve,
             "best_val_loss": record.metrics.get("val_loss")}
+
+
+def ready_run(registry, name: str):
+    try:
+        record = registry.get_version(name, 1)
+    except Exception:  # noqa: BLE001 - not trained yet
+        return None
+    return record if record.status == "ready" else None
 
 
 def loss_at(curve: list[dict], minutes: float) -> float | None:
@@ -90,8 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes_a", type=float, default=9.0)
     parser.add_argument("--minutes_b", type=float, default=20.0)
     parser.add_argument("--minutes_throughput", type=float, default=1.5)
+    parser.add_argument("--storage", default=None,
+                        help="storage of an earlier run: its finished runs are reused")
     args = parser.parse_args(argv)
-    storage = tempfile.mkdtemp(prefix="rnnserve-bench-")
+    storage = args.storage or tempfile.mkdtemp(prefix="rnnserve-bench-")
     runs = [
         train(storage, "origin-1w", ORIGIN, 1, args.minutes_a, 200),
         train(storage, "origin-2w", ORIGIN, 2, args.minutes_throughput, 200),
