@@ -40,11 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="model name in the registry")
     parser.add_argument("--version", type=int, default=None, help="default: production")
     parser.add_argument("--storage", default=None, help="storage root (env RNNSERVE_STORAGE)")
+    parser.add_argument("--db_url", default=None, help="registry database (env RNNSERVE_DB_URL)")
     add_config_flags(parser, SampleConfig)
     args = parser.parse_args(argv)
     try:
         sample = config_from_flags(SampleConfig, args)
-        registry = Registry(Settings.from_env(**({"storage": args.storage} if args.storage else {})))
+        overrides = {k: v for k, v in {"storage": args.storage, "db_url": args.db_url}.items() if v}
+        registry = Registry(Settings.from_env(**overrides))
         record, directory = registry.fetch_version(args.name, args.version)
     except (ValueError, NotFound) as error:
         print(f"error: {error}", file=sys.stderr)

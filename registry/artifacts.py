@@ -39,10 +39,14 @@ class ArtifactStore:
                 parsed = urlparse(self.root)
                 if parsed.scheme == "s3" and self.s3_endpoint:
                     endpoint = urlparse(self.s3_endpoint)
+                    # Credentials from this process's environment go into the filesystem
+                    # object, so Ray Train workers that receive it pickled can use it too.
                     s3 = pafs.S3FileSystem(
                         endpoint_override=endpoint.netloc or endpoint.path,
                         scheme=endpoint.scheme or "http",
-                        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+                        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+                        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
                     self._fs = (s3, f"{parsed.netloc}{parsed.path}".rstrip("/"))
                 else:
                     filesystem, base = pafs.FileSystem.from_uri(self.root)

@@ -143,3 +143,21 @@ def serve_app(ray_cluster, tmp_path_factory):
     yield url
     subprocess.run([str(BIN / "serve"), "shutdown", "-y", "--address", ray_cluster["dashboard"]],
                    env=ray_cluster["env"], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on loopback with a bucket `models`: it stands in for AWS S3, which
+    this machine cannot reach. Dummy credentials go into the environment."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
+    yield endpoint
+    server.stop()

@@ -34,23 +34,6 @@ def test_upload_dir_replaces_a_version_directory_whole(tmp_path):
     assert [p.name for p in (tmp_path / "root" / "models" / "m").iterdir()] == ["v1"]
 
 
-@pytest.fixture()
-def s3_endpoint(monkeypatch):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
-    yield endpoint
-    server.stop()
-
-
 def test_s3_round_trip(s3_endpoint, tmp_path):
     store = ArtifactStore("s3://models/rnnserve", s3_endpoint=s3_endpoint)
     store.put_bytes("uploads/m/a.txt", "héllo".encode())
