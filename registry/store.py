@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from registry import schema
 from registry.artifacts import ArtifactStore
@@ -28,6 +28,10 @@ from registry.names import validate_name
 from registry.settings import Settings
 
 STATUSES = ("queued", "training", "ready", "failed", "cancelled")
+MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+# Transient errors of concurrent writers on SQLite, PostgreSQL and MySQL/MariaDB.
+TRANSIENT = ("locked", "already exists", "deadlock", "could not serialize", "duplicate",
+             "lock wait timeout")
 TERMINAL = ("ready", "failed", "cancelled")
 T = TypeVar("T")
 
@@ -86,7 +90,21 @@ class Registry:
         self.settings = settings or Settings.from_env()
         self.engine = _make_engine(self.settings.db_url)
         self.artifacts = ArtifactStore(self.settings.storage, self.settings.s3_endpoint)
-        self._retry(lambda: schema.metadata.create_all(self.engine))
+        self._retry(self._migrate)
+
+    def _migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (a no-op when it is there)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", MIGRATIONS)
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            tables = set(sa.inspect(connection).get_table_names())
+            if "models" in tables and "alembic_version" not in tables:
+                command.stamp(config, "0001")  # made by create_all before migrations existed
+            command.upgrade(config, "head")
 
     # ---- plumbing -------------------------------------------------------------------------
     def _retry(self, work: Callable[[], T], attempts: int = 20) -> T:
@@ -95,9 +113,9 @@ class Registry:
         for attempt in range(attempts):
             try:
                 return work()
-            except (IntegrityError, OperationalError) as error:
-                transient = isinstance(error, IntegrityError) or "locked" in str(error) \
-                    or "already exists" in str(error)
+            except (IntegrityError, OperationalError, ProgrammingError) as error:
+                message = str(error).lower()
+                transient = isinstance(error, IntegrityError) or any(t in message for t in TRANSIENT)
                 if not transient or attempt == attempts - 1:
                     raise
                 time.sleep(0.01 * (attempt + 1) + random.random() * 0.02)

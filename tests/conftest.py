@@ -161,3 +161,20 @@ def s3_endpoint():
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="models")
     yield endpoint
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def db_servers():
+    """Started on first use: {"postgresql": server, "mariadb": server}."""
+    from tests.db_servers import MariaDBServer, PostgresServer
+
+    servers = {}
+
+    def get(backend: str):
+        if backend not in servers:
+            servers[backend] = {"postgresql": PostgresServer, "mariadb": MariaDBServer}[backend]()
+        return servers[backend]
+
+    yield get
+    for server in servers.values():
+        server.stop()

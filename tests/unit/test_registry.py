@@ -1,4 +1,5 @@
-"""Registry on a real SQLite database (no Ray): CRUD, numbering, atomic ready, concurrency."""
+"""Registry on real SQLite, PostgreSQL and MariaDB databases (no Ray): CRUD, numbering, atomic
+ready, concurrency, text in any language."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import pytest
 from registry import Conflict, InvalidName, NotFound, Registry, Settings
 
 
-@pytest.fixture()
-def settings(tmp_path) -> Settings:
-    # Explicit URL: the integration fixtures export RNNSERVE_DB_URL for the session cluster.
-    return Settings.from_env(storage=str(tmp_path / "storage"),
-                             db_url=f"sqlite:///{tmp_path}/registry.db")
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def settings(request, tmp_path, db_servers) -> Settings:
+    """The same tests on every supported backend, each a real server (none mocked)."""
+    if request.param == "sqlite":
+        # Explicit URL: the integration fixtures export RNNSERVE_DB_URL for the session cluster.
+        url = f"sqlite:///{tmp_path}/registry.db"
+    else:
+        url = db_servers(request.param).new_database()
+    return Settings.from_env(storage=str(tmp_path / "storage"), db_url=url)
 
 
 @pytest.fixture()
