@@ -29,9 +29,14 @@ class TrainingJobs:
     @property
     def client(self):
         if self._client is None:
+            import ray
             from ray.job_submission import JobSubmissionClient
 
-            self._client = JobSubmissionClient(self.dashboard_address)
+            # Default: this replica's own cluster (found through its GCS), never a guess among
+            # several Ray instances on the machine.
+            address = self.dashboard_address or (
+                ray.get_runtime_context().gcs_address if ray.is_initialized() else None)
+            self._client = JobSubmissionClient(address)
         return self._client
 
     def entrypoint(self, family: Family, record: VersionRecord, input_file: str,
