@@ -25,8 +25,11 @@ def error_response(status: int, error: str, detail=None, headers=None) -> JSONRe
 
 
 def _validation_detail(errors) -> list[dict]:
-    # Pydantic errors may hold the raw input (bytes, exceptions): keep only what is JSON-safe.
-    return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors]
+    # Pydantic errors may hold the raw input (bytes, exceptions): keep only what is JSON-safe,
+    # in the shape the OpenAPI schema documents for 422 (loc, msg, type).
+    return [{"loc": [p if isinstance(p, (str, int)) else str(p) for p in e.get("loc", ())],
+             "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))}
+            for e in errors]
 
 
 def install_error_handlers(app: FastAPI) -> None:
