@@ -66,6 +66,8 @@ def test_two_workers_register_a_ready_version_that_reloads_to_the_same_loss(
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry, corpus):
+    from ray.util.state import list_actors, list_jobs
+
     process = start_trainer(ray_cluster, "--input_file", corpus, "--name", "survivor",
                             "--num_workers", "2", "--max_steps", "1500", "--save_every_n", "50",
                             "--max_failures", "2", *SMALL_MODEL)
@@ -80,13 +82,16 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry,
         return max(steps) if steps else None
 
     wait_for(checkpointed_step, 300, what="a first checkpoint")
-    # The live worker processes (this is the only run now); a process, unlike a state API
-    # record, cannot be stale.
-    workers = [p for p in psutil.process_iter(["cmdline"])
-               if (p.info["cmdline"] or [""])[0].startswith("ray::RayTrainWorker")]
+    # This run's workers: actors of the Ray job whose driver is our trainer process (other
+    # runs' workers may still be winding down on the shared cluster).
+    job_id = next(job.job_id for job in list_jobs()
+                  if job.driver_info and int(job.driver_info.pid) == process.pid)
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                               ("state", "=", "ALIVE"), ("job_id", "=", job_id)])]
     assert len(workers) == 2, workers
-    workers[-1].kill()
-    workers[-1].wait(10)
+    victim = psutil.Process(workers[-1].pid)
+    victim.kill()
+    victim.wait(10)
 
     finish(process)
     record = registry.get_version("survivor", 1)
