@@ -1,4 +1,8 @@
-"""The registry's tables (SQLAlchemy Core). Portable types only: SQLite, PostgreSQL, MySQL."""
+"""The registry's tables (SQLAlchemy Core). Portable types only: SQLite, PostgreSQL, MySQL.
+
+The live definition the code queries. The database itself is built by the Alembic revisions in
+registry/migrations, which are frozen copies on purpose: a change here needs a new revision.
+"""
 
 from __future__ import annotations
 
