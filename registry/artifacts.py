@@ -111,6 +111,12 @@ class ArtifactStore:
         elif info.type == pafs.FileType.File:
             fs.delete_file(path)
 
+    def list(self, relpath: str) -> list[str]:
+        """Names of the entries directly under a directory (empty when it does not exist)."""
+        fs, _ = self.filesystem()
+        selector = pafs.FileSelector(self._path(relpath), allow_not_found=True)
+        return [info.base_name for info in fs.get_file_info(selector)]
+
     def upload_dir(self, local_dir: str, relpath: str) -> None:
         """Copy a local directory to `relpath`. Locally the copy is made beside the target
         and renamed into place, so the target appears complete or not at all."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -312,6 +313,11 @@ class Registry:
             conn.execute(schema.models.delete().where(schema.models.c.id == model.id))
         self.artifacts.delete(f"models/{name}")
         self.artifacts.delete(f"uploads/{name}")
+        # Ray Train checkpoints: runs/<name>-v<N>-<creation time> (trainers/ray_run.run_name).
+        own_run = re.compile(rf"{re.escape(name)}-v\d+-\d{{8}}T\d{{12}}")
+        for run in self.artifacts.list("runs"):
+            if own_run.fullmatch(run):
+                self.artifacts.delete(f"runs/{run}")
 
     # ---- aliases --------------------------------------------------------------------------
     @staticmethod

@@ -121,7 +121,7 @@ def train_charrnn(args: argparse.Namespace, model_config: CharRNNConfig, train: 
     import time
 
     from models.charrnn import count_params
-    from trainers.ray_run import fit
+    from trainers.ray_run import fit, run_name
 
     def train_fn(record: VersionRecord, output_dir: str, log: RegistryLog) -> dict:
         registry = Registry(settings)
@@ -148,7 +148,7 @@ def train_charrnn(args: argparse.Namespace, model_config: CharRNNConfig, train: 
         }
         score = SCORE if len(val_ids) else "train_loss"
         metrics = fit(charrnn_worker, worker_config, settings=settings,
-                      run_name=f"{record.name}-v{record.version}", num_workers=train.num_workers,
+                      run_name=run_name(record), num_workers=train.num_workers,
                       use_gpu=train.use_gpu, max_failures=train.max_failures, score_name=score,
                       cpus_per_worker=train.cpus_per_worker,
                       higher_is_better=False, output_dir=output_dir)

@@ -80,7 +80,7 @@ def load_examples(registry: Registry, input_file: str, labels_file: str | None, 
 def train_classifier(args: argparse.Namespace, model_config: ClassifierConfig,
                      run: ClassifierTrainConfig, settings: Settings):
     from models.classifier import build_classifier, export_saved_model
-    from trainers.ray_run import fit
+    from trainers.ray_run import fit, run_name
 
     def train_fn(record: VersionRecord, output_dir: str, log: RegistryLog) -> dict:
         registry = Registry(settings)
@@ -96,7 +96,7 @@ def train_classifier(args: argparse.Namespace, model_config: ClassifierConfig,
             "log": log, "deadline": time.time() + run.timeout_s if run.timeout_s else None,
         }
         metrics = fit(classifier_worker, worker_config, settings=settings,
-                      run_name=f"{record.name}-v{record.version}", num_workers=run.num_workers,
+                      run_name=run_name(record), num_workers=run.num_workers,
                       use_gpu=run.use_gpu, max_failures=run.max_failures,
                       score_name=SCORE if len(x_val) else "train_loss", higher_is_better=True,
                       cpus_per_worker=run.cpus_per_worker, output_dir=output_dir)

@@ -12,6 +12,13 @@ from trainers.loop import OPTIMIZER_FILE, STATE_FILE
 TRAINING_ONLY = (OPTIMIZER_FILE, STATE_FILE)  # checkpoint files a version does not need
 
 
+def run_name(record) -> str:
+    """Ray Train run directory of one version's training. The creation time keeps it unique:
+    Ray Train resumes a run whose directory exists, and a deleted-and-recreated model's new
+    v1 must not resume the old v1's checkpoints."""
+    return f"{record.name}-v{record.version}-{record.created_at.strftime('%Y%m%dT%H%M%S%f')}"
+
+
 def ensure_ray() -> None:
     """Join the running Ray cluster (a job, `ray start`, a test session) or start a local one."""
     import ray
