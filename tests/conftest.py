@@ -19,6 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 BIN = Path(sys.executable).parent
+TEMP_DIR = f"/tmp/rnnserve-test-{os.getpid()}"  # this session's Ray cluster files
 
 
 def free_port() -> int:
@@ -45,7 +46,7 @@ def start_ray_head(env: dict) -> dict:
          "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
          "--metrics-export-port", str(ports["metrics"]),
-         "--temp-dir", f"/tmp/rnnserve-test-{os.getpid()}", "--disable-usage-stats"],
+         "--temp-dir", TEMP_DIR, "--disable-usage-stats"],
         check=True, env=env, cwd=REPO, capture_output=True)
     return {"address": f"127.0.0.1:{ports['gcs']}",
             "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
@@ -53,10 +54,27 @@ def start_ray_head(env: dict) -> dict:
 
 
 def stop_ray(env: dict) -> None:
+    """Stop this session's cluster only (`ray stop` would kill every Ray instance on the
+    machine): its daemons carry the session's temp dir on their command line, and workers,
+    job drivers and dashboard modules are their descendants."""
+    import psutil
     import ray
 
     ray.shutdown()
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+    daemons = [p for p in psutil.process_iter(["cmdline"])
+               if any(TEMP_DIR in arg for arg in (p.info["cmdline"] or []))]
+    family = {p.pid: p for p in daemons}
+    for daemon in daemons:
+        try:
+            family.update({c.pid: c for c in daemon.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    for process in family.values():
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(family.values()), timeout=15)
 
 
 @pytest.fixture(scope="session")
