@@ -41,11 +41,16 @@ def session_storage(tmp_path_factory) -> Path:
 def start_ray_head(env: dict) -> dict:
     """`ray start --head` on fresh loopback ports; returns the addresses (and `env`)."""
     ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    # Every port on a fresh free one: with Ray's defaults a second cluster on the machine
+    # (say `make run`) would hold the dashboard agent's port and job submission would fail.
+    agent_ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "ray-client-server-port", "node-manager-port", "object-manager-port")]
     subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
          "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
-         "--metrics-export-port", str(ports["metrics"]),
+         "--metrics-export-port", str(ports["metrics"]), *agent_ports,
          "--temp-dir", TEMP_DIR, "--disable-usage-stats"],
         check=True, env=env, cwd=REPO, capture_output=True)
     return {"address": f"127.0.0.1:{ports['gcs']}",
