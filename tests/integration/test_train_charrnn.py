@@ -84,10 +84,11 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry,
     wait_for(checkpointed_step, 300, what="a first checkpoint")
     # This run's workers: actors of the Ray job whose driver is our trainer process (other
     # runs' workers may still be winding down on the shared cluster).
-    job_id = next(job.job_id for job in list_jobs()
+    state_api = ray_cluster["dashboard"]  # this cluster's, even with others on the machine
+    job_id = next(job.job_id for job in list_jobs(address=state_api)
                   if job.driver_info and int(job.driver_info.pid) == process.pid)
-    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
-                                               ("state", "=", "ALIVE"), ("job_id", "=", job_id)])]
+    workers = list_actors(address=state_api, filters=[
+        ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"), ("job_id", "=", job_id)])
     assert len(workers) == 2, workers
     victim = psutil.Process(workers[-1].pid)
     victim.kill()
