@@ -10,7 +10,7 @@ import sys
 import psutil
 import pytest
 
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, TEMP_DIR, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +66,6 @@ def test_two_workers_register_a_ready_version_that_reloads_to_the_same_loss(
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry, corpus):
-    from ray.util.state import list_actors, list_jobs
-
     process = start_trainer(ray_cluster, "--input_file", corpus, "--name", "survivor",
                             "--num_workers", "2", "--max_steps", "1500", "--save_every_n", "50",
                             "--max_failures", "2", *SMALL_MODEL)
@@ -82,15 +80,15 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry,
         return max(steps) if steps else None
 
     wait_for(checkpointed_step, 300, what="a first checkpoint")
-    # This run's workers: actors of the Ray job whose driver is our trainer process (other
-    # runs' workers may still be winding down on the shared cluster).
-    state_api = ray_cluster["dashboard"]  # this cluster's, even with others on the machine
-    job_id = next(job.job_id for job in list_jobs(address=state_api)
-                  if job.driver_info and int(job.driver_info.pid) == process.pid)
-    workers = list_actors(address=state_api, filters=[
-        ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE"), ("job_id", "=", job_id)])
+    # This run's worker processes: children of this session's raylet (other Ray instances on
+    # the machine have their own), titled by Ray after the actor class.
+    raylet = next(p for p in psutil.process_iter(["cmdline"])
+                  if "raylet" in " ".join(p.info["cmdline"] or [])
+                  and TEMP_DIR in " ".join(p.info["cmdline"] or []))
+    workers = [c for c in raylet.children(recursive=True)
+               if (c.cmdline() or [""])[0].startswith("ray::RayTrainWorker")]
     assert len(workers) == 2, workers
-    victim = psutil.Process(workers[-1].pid)
+    victim = workers[-1]
     victim.kill()
     victim.wait(10)
 
