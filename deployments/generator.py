@@ -42,7 +42,7 @@ class LoadedModel:
     def __del__(self):
         # Sequences already admitted finish first: an evicted model does not fail requests.
         self.engine.close()
-        self._on_unload(self.model_id)
+        self._on_unload(self.model_id, self.engine)
 
 
 @serve.deployment
@@ -55,7 +55,7 @@ class Generator:
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.generation_timeout_s = generation_timeout_s
         self.metrics = GeneratorMetrics()
-        self.loaded: set[str] = set()
+        self.engines: dict[str, SamplingEngine] = {}  # the models this replica holds now
 
         async def load(model_id: str) -> LoadedModel:
             return await self._load(model_id)
@@ -73,12 +73,17 @@ class Generator:
                                 max_waiting=self.max_waiting)
         self.metrics.model_load_seconds.observe(time.perf_counter() - started,
                                                 tags={"model": model_id})
-        self.loaded.add(model_id)
-        return LoadedModel(model_id, engine, self.loaded.discard)
+        self.engines[model_id] = engine
+        return LoadedModel(model_id, engine, self._unloaded)
+
+    def _unloaded(self, model_id: str, engine: SamplingEngine) -> None:
+        # Only if not loaded again since: a late finalizer must not drop the newer engine.
+        if self.engines.get(model_id) is engine:
+            del self.engines[model_id]
 
     async def _engine(self) -> tuple[str, SamplingEngine]:
         model_id = serve.get_multiplexed_model_id()
-        counter = self.metrics.cache_hits if model_id in self.loaded else self.metrics.cache_misses
+        counter = self.metrics.cache_hits if model_id in self.engines else self.metrics.cache_misses
         counter.inc(tags={"model": model_id})
         return model_id, (await self.get_model(model_id)).engine
 
@@ -128,6 +133,12 @@ class Generator:
         finally:
             handle.cancel()
             self._record(model_id, engine, handle, sent)
+
+
+    def engine_stats(self) -> dict:
+        """{model id: running/waiting sequences, chars generated, requests ended by reason}
+        for the models loaded in this replica (call through a handle with a multiplexed id)."""
+        return {model_id: engine.stats() for model_id, engine in self.engines.items()}
 
 
 def _seconds(end: float | None, start: float) -> float | None:

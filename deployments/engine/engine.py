@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -45,25 +46,24 @@ def sample_next(logits: np.ndarray, sequences: list[Sequence]) -> np.ndarray:
 class SequenceHandle:
     """The caller's side of one request: async iteration over text chunks, or `result()`."""
 
-    def __init__(self, sequence: Sequence, loop: asyncio.AbstractEventLoop):
+    def __init__(self, sequence: Sequence):
         self.sequence = sequence
-        self._loop = loop
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.submitted_at = time.perf_counter()
         self.first_char_at: float | None = None
         self.finished_at: float | None = None
         self.reason: str | None = None  # "length", "cancelled" or "deadline" once finished
 
-    # Called from the engine's step thread: hand over to the event loop thread-safely.
+    # Called on the event loop thread when the engine delivers a batch of steps' output.
     def _emit(self, text: str) -> None:
         if self.first_char_at is None:
             self.first_char_at = time.perf_counter()
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, text)
+        self._queue.put_nowait(text)
 
     def _finish(self, reason: str) -> None:
         if self.finished_at is None:
             self.finished_at, self.reason = time.perf_counter(), reason
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+            self._queue.put_nowait(None)
 
     def cancel(self) -> None:
         self.sequence.cancelled = True
@@ -99,6 +99,11 @@ class SamplingEngine:
         self.handles: dict[int, SequenceHandle] = {}
         self.occupancy: list[int] = []  # batch size of each step since the last drain
         self.chars_generated = 0
+        self.finished: Counter[str] = Counter()  # requests ended, by reason
+        # Output of the steps run since the last delivery, handed to the handles on the event
+        # loop in one go: a thread-safe wake-up per character cost more than the step itself.
+        self._chars: dict[SequenceHandle, list[str]] = {}
+        self._ended: list[tuple[SequenceHandle, str]] = []
         self._wake = asyncio.Event()
         self._closed = False
 
@@ -113,7 +118,7 @@ class SamplingEngine:
             prompt_ids=prompt, max_length=sample.max_length, temperature=sample.temperature,
             top_k=sample.top_k, rng=np.random.default_rng(sample.seed),
             deadline=time.monotonic() + deadline_s if deadline_s else None)
-        handle = SequenceHandle(sequence, asyncio.get_running_loop())
+        handle = SequenceHandle(sequence)
         self.scheduler.add(sequence)
         self.handles[sequence.request_id] = handle
         self._wake.set()
@@ -123,8 +128,7 @@ class SamplingEngine:
         """Run one batched step; returns how many sequences it advanced."""
         running, admitted, dropped = self.scheduler.schedule()
         for sequence in dropped:
-            reason = "cancelled" if sequence.cancelled else "deadline"
-            self.handles.pop(sequence.request_id)._finish(reason)
+            self._end(sequence, "cancelled" if sequence.cancelled else "deadline")
         for sequence in admitted:
             self.runner.reset(sequence.slot)
         if not running:
@@ -141,13 +145,32 @@ class SamplingEngine:
                 sequence = running[row]
                 sequence.generated.append(int(char_id))
                 handle = self.handles[sequence.request_id]
-                handle._emit(self.vocab.chars[char_id])
+                self._chars.setdefault(handle, []).append(self.vocab.chars[char_id])
                 if len(sequence.generated) >= sequence.max_length:
                     self.scheduler.retire(sequence)
-                    self.handles.pop(sequence.request_id)._finish("length")
+                    self._end(sequence, "length")
             self.chars_generated += len(sampling)
         self.occupancy.append(len(running))
         return len(running)
+
+    def _end(self, sequence: Sequence, reason: str) -> None:
+        self._ended.append((self.handles.pop(sequence.request_id), reason))
+        self.finished[reason] += 1
+
+    def deliver(self) -> None:
+        """On the event loop: pass the text sampled since the last call to its handles, then
+        end the finished ones (text first, so a finished stream is complete)."""
+        chars, self._chars = self._chars, {}
+        ended, self._ended = self._ended, []
+        for handle, pieces in chars.items():
+            handle._emit("".join(pieces))
+        for handle, reason in ended:
+            handle._finish(reason)
+
+    def stats(self) -> dict:
+        """What the engine holds now and has done: for operators and tests."""
+        return {"running": len(self.scheduler.running), "waiting": self.queue_depth,
+                "chars_generated": self.chars_generated, "finished": dict(self.finished)}
 
     def drain_occupancy(self) -> list[int]:
         taken, self.occupancy = self.occupancy, []
@@ -161,6 +184,7 @@ class SamplingEngine:
                 await self._wake.wait()
                 continue
             await asyncio.to_thread(self._steps_for, 0.005)
+            self.deliver()
 
     def _steps_for(self, seconds: float) -> None:
         """Several steps per hop to the worker thread: the hop costs more than a small step.

@@ -9,27 +9,9 @@ import pytest
 import requests
 
 from tests.conftest import wait_for
+from tests.integration.api import TRAIN_FORM, generate, upload, wait_status
 
 pytestmark = pytest.mark.integration
-
-TRAIN_FORM = {"max_steps": "40", "lstm_size": "48", "num_layers": "2", "num_seqs": "16",
-              "num_steps": "32", "save_every_n": "20", "log_every_n": "10",
-              "learning_rate": "0.01"}
-
-
-def upload(url: str, name: str, text: str, **form) -> requests.Response:
-    return requests.post(f"{url}/models", data={"name": name, **TRAIN_FORM, **form},
-                         files={"file": ("corpus.txt", text.encode("utf-8"), "text/plain")},
-                         timeout=60)
-
-
-def wait_status(url: str, name: str, version: int, wanted: set[str], timeout: float = 400) -> dict:
-    def current():
-        body = requests.get(f"{url}/models/{name}", timeout=10).json()
-        record = next(v for v in body["versions"] if v["version"] == version)
-        return record if record["status"] in wanted else None
-
-    return wait_for(current, timeout, interval=1, what=f"{name} v{version} to be {wanted}")
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +29,6 @@ def trained(serve_app, shakespeare):
         assert record["status"] == "ready", requests.get(
             f"{serve_app}/models/{name}/versions/{version}/logs").json()
     return serve_app
-
-
-def generate(url: str, name: str, **body) -> requests.Response:
-    return requests.post(f"{url}/models/{name}/generate", json=body, timeout=120)
 
 
 def test_list_model_and_logs(trained):
@@ -85,6 +63,33 @@ def test_generate_streams_text_as_it_is_sampled(trained):
         chunks = [c for c in response.iter_content(chunk_size=None, decode_unicode=True) if c]
     assert len("".join(chunks)) == 600
     assert len(chunks) > 1, "the text arrived in one piece, not streamed"
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(trained):
+    """Hang up after the first chunk: the sequence must leave the batch as cancelled, well
+    before its 10,000 characters, instead of sampling on for nobody."""
+    from ray import serve
+
+    version = requests.get(f"{trained}/models/bard", timeout=10).json()["aliases"]["production"]
+    engine = serve.get_deployment_handle("Generator", app_name="rnnserve").options(
+        multiplexed_model_id=f"bard:{version}")
+
+    def stats() -> dict:
+        return engine.engine_stats.remote().result().get(f"bard:{version}") or {}
+
+    generate(trained, "bard", prime="A", max_length=5)  # make sure this replica holds the model
+    before = stats()
+    response = requests.post(f"{trained}/models/bard/generate", stream=True, timeout=120,
+                             json={"prime": "KING", "max_length": 10_000, "stream": True})
+    assert response.status_code == 200
+    assert next(response.iter_content(chunk_size=None))
+    response.close()  # unread body: the connection is dropped, not returned to the pool
+
+    after = wait_for(lambda: (s := stats())["finished"].get("cancelled", 0) > before["finished"]
+                     .get("cancelled", 0) and s["running"] == 0 and s, 30,
+                     what="the dropped stream to be cancelled")
+    assert after["finished"].get("length", 0) == before["finished"].get("length", 0)
+    assert after["chars_generated"] - before["chars_generated"] < 10_000
 
 
 def test_32_concurrent_requests_to_two_models(trained):

@@ -1,0 +1,32 @@
+"""HTTP helpers shared by the tests that drive the Serve app's API."""
+
+from __future__ import annotations
+
+import requests
+
+from tests.conftest import wait_for
+
+# A model small enough to train in well under a minute on this 2-core machine.
+TRAIN_FORM = {"max_steps": "40", "lstm_size": "48", "num_layers": "2", "num_seqs": "16",
+              "num_steps": "32", "save_every_n": "20", "log_every_n": "10",
+              "learning_rate": "0.01"}
+
+
+def upload(url: str, name: str, text: str, headers: dict | None = None,
+           **form) -> requests.Response:
+    return requests.post(f"{url}/models", data={"name": name, **TRAIN_FORM, **form},
+                         files={"file": ("corpus.txt", text.encode("utf-8"), "text/plain")},
+                         headers=headers, timeout=60)
+
+
+def wait_status(url: str, name: str, version: int, wanted: set[str], timeout: float = 400) -> dict:
+    def current():
+        body = requests.get(f"{url}/models/{name}", timeout=10).json()
+        record = next(v for v in body["versions"] if v["version"] == version)
+        return record if record["status"] in wanted else None
+
+    return wait_for(current, timeout, interval=1, what=f"{name} v{version} to be {wanted}")
+
+
+def generate(url: str, name: str, **body) -> requests.Response:
+    return requests.post(f"{url}/models/{name}/generate", json=body, timeout=120)

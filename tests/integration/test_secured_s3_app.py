@@ -1,0 +1,101 @@
+"""A second Serve app, deployed beside the main one, configured as a cluster would run it:
+storage on S3 (moto's S3 server on loopback stands in for AWS, which this machine cannot
+reach) and RNNSERVE_API_KEY set. Through its HTTP API: writes need the key, reads stay open,
+and a model uploaded, trained, registered and served lives entirely in the bucket.
+
+One app covers both settings to keep the suite to one extra set of replicas."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import boto3
+import pytest
+import requests
+import yaml
+
+from tests.conftest import deploy_app
+from tests.integration.api import generate, upload, wait_status
+
+pytestmark = pytest.mark.integration
+
+KEY = "s3cret-key-for-tests"
+PREFIX = "/secured"
+
+
+@pytest.fixture(scope="module")
+def secured(serve_app, ray_cluster, s3_endpoint, tmp_path_factory):
+    """Deploys the session's config plus the `secured` app; on exit, the session's config
+    alone again (`serve deploy` is declarative: an app left out of the config is removed)."""
+    session_config = ray_cluster["serve_config"]
+    config = yaml.safe_load(session_config.read_text())
+    app = copy.deepcopy(config["applications"][0])
+    app.update(name="secured", route_prefix=PREFIX)
+    app["args"].update(storage="s3://models/secured", s3_endpoint=s3_endpoint,
+                       db_url=f"sqlite:///{tmp_path_factory.mktemp('secured')}/registry.db")
+    # Replicas (and the training jobs they submit) get the key and the S3 credentials.
+    app["runtime_env"] = {"env_vars": {"RNNSERVE_API_KEY": KEY, **{
+        k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                   "AWS_DEFAULT_REGION")}}}
+    for deployment in app["deployments"]:  # one small replica each on this 2-core machine
+        deployment.pop("autoscaling_config", None)
+        deployment.update(num_replicas=1, ray_actor_options={"num_cpus": 0.1})
+    config["applications"].append(app)
+    path = tmp_path_factory.mktemp("secured-config") / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    url = serve_app + PREFIX
+    deploy_app(ray_cluster, path, url)
+    yield url
+    deploy_app(ray_cluster, session_config, serve_app)
+
+
+def bucket_keys(endpoint: str) -> list[str]:
+    listing = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+        Bucket="models", Prefix="secured/")
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_writes_need_the_key_and_refusals_leave_nothing(secured, s3_endpoint, shakespeare):
+    text = shakespeare[:30_000]
+    for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        response = upload(secured, "guarded", text, headers=headers)
+        assert response.status_code == 401, response.text
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "RNNSERVE_API_KEY" in response.json()["error"]
+    assert requests.get(f"{secured}/models", timeout=10).json() == {"models": []}
+    assert bucket_keys(s3_endpoint) == []
+
+    for method, path, body in (("post", "/models/guarded/promote", {"version": 1}),
+                               ("post", "/models/guarded/versions/1/cancel", None),
+                               ("delete", "/models/guarded", None)):
+        response = requests.request(method, f"{secured}{path}", json=body, timeout=10)
+        assert response.status_code == 401, (path, response.text)
+
+
+def test_train_register_and_serve_from_s3_with_the_key(secured, s3_endpoint, shakespeare):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    response = upload(secured, "clouded", shakespeare[:30_000], headers=auth)
+    assert response.status_code == 202, response.text
+    version = response.json()["version"]
+    record = wait_status(secured, "clouded", version, {"ready", "failed"})
+    logs = requests.get(f"{secured}/models/clouded/versions/{version}/logs", timeout=10).json()
+    assert record["status"] == "ready", logs
+
+    keys = bucket_keys(s3_endpoint)
+    assert any(k.startswith("secured/uploads/clouded/") for k in keys), keys
+    assert f"secured/models/clouded/v{version}/model.weights.h5" in keys
+    assert any(k.startswith(f"secured/runs/clouded-v{version}-") for k in keys), \
+        "no Ray Train checkpoint in the bucket"
+
+    # Reads and inference stay open without the key; the replica loads the model from S3.
+    generated = generate(secured, "clouded", prime="KING", max_length=30, seed=5)
+    assert generated.status_code == 200, generated.text
+    assert len(generated.json()["generated"]) == 30
+
+    promoted = requests.post(f"{secured}/models/clouded/promote", json={"version": version},
+                             headers=auth, timeout=10)
+    assert promoted.status_code == 200, promoted.text
+    deleted = requests.delete(f"{secured}/models/clouded", headers=auth, timeout=30)
+    assert deleted.status_code == 200, deleted.text
+    assert not any(k.startswith("secured/models/clouded/") for k in bucket_keys(s3_endpoint))
