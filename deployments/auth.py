@@ -7,12 +7,15 @@ import hmac
 from deployments.errors import ApiError
 
 
+def check_bearer(expected: str, authorization: str | None) -> bool:
+    """True when the header is `Bearer <expected>` (compared in constant time)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(),
+                                                              expected.encode())
+
+
 def check_api_key(expected: str | None, authorization: str | None) -> None:
     """No key configured: open (local use). Otherwise the bearer token must match exactly."""
-    if not expected:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                             expected.encode()):
+    if expected and not check_bearer(expected, authorization):
         raise ApiError(401, "this endpoint needs 'Authorization: Bearer <RNNSERVE_API_KEY>'",
                        headers={"WWW-Authenticate": "Bearer"})

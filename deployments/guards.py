@@ -15,6 +15,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from deployments.auth import check_bearer
+
 BODY_TOO_LARGE = "rnnserve.body_too_large"
 
 
@@ -59,13 +61,15 @@ def _route_class(method: str, path: str) -> str | None:
     return None
 
 
-def _client(scope) -> str:
-    for name, value in scope.get("headers", []):
-        if name == b"authorization":
-            return "key:" + value.decode("latin-1")
-    for name, value in scope.get("headers", []):
-        if name == b"x-forwarded-for":  # Serve's proxy forwards the original address
-            return "ip:" + value.decode("latin-1").split(",")[0].strip()
+def _client(scope, api_key: str | None) -> str:
+    """The bucket's owner: holders of the configured API key share one bucket; everyone else
+    is their address. Any other bearer token is ignored, or made-up tokens would each get a
+    fresh bucket. The address is uvicorn's, which already honours X-Forwarded-For from a
+    trusted proxy (FORWARDED_ALLOW_IPS) and ignores it from anyone else."""
+    if api_key:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization" and check_bearer(api_key, value.decode("latin-1")):
+                return "key"
     client = scope.get("client")
     return "ip:" + (client[0] if client else "unknown")
 
@@ -82,8 +86,10 @@ async def _send_error(send, status: int, error: str, headers: dict | None = None
 class RequestGuards:
     """ASGI middleware: rate limits per client and route class, and the upload size cap."""
 
-    def __init__(self, app, max_upload_bytes: int, limiters: dict[str, RateLimiter]):
+    def __init__(self, app, max_upload_bytes: int, limiters: dict[str, RateLimiter],
+                 api_key: str | None = None):
         self.app, self.max_upload_bytes, self.limiters = app, max_upload_bytes, limiters
+        self.api_key = api_key
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -91,7 +97,7 @@ class RequestGuards:
         route = _route_class(scope["method"], scope["path"])
         limiter = self.limiters.get(route)
         if limiter is not None:
-            wait = limiter.check(f"{route}:{_client(scope)}")
+            wait = limiter.check(f"{route}:{_client(scope, self.api_key)}")
             if wait > 0:
                 return await _send_error(send, 429, "too many requests; retry later",
                                          {"Retry-After": str(math.ceil(wait))})

@@ -55,7 +55,7 @@ class Ingress:
         self.registry = Registry(self.settings)
         self.limits = Limits.from_dict(limits or {})
         app.add_middleware(RequestGuards, max_upload_bytes=self.limits.max_upload_bytes,
-                           limiters=self.limits.rate_limiters())
+                           limiters=self.limits.rate_limiters(), api_key=self.settings.api_key)
         self.generator = generator
         self.classifier = classifier
         self.jobs = TrainingJobs(self.settings, dashboard_address)
