@@ -69,8 +69,10 @@ class Generator:
         _, directory = await asyncio.to_thread(self.registry.fetch_version, name, version)
         model, config, vocab = await asyncio.to_thread(load_charrnn, directory)
         runner = StepRunner.from_model(model, config)
-        engine = SamplingEngine(runner, vocab, max_batch=self.max_batch,
-                                max_waiting=self.max_waiting)
+        engine = SamplingEngine(
+            runner, vocab, max_batch=self.max_batch, max_waiting=self.max_waiting,
+            on_finish=lambda reason: self.metrics.requests_finished.inc(
+                tags={"model": model_id, "reason": reason}))
         self.metrics.model_load_seconds.observe(time.perf_counter() - started,
                                                 tags={"model": model_id})
         self.engines[model_id] = engine
@@ -116,6 +118,8 @@ class Generator:
         finally:
             handle.cancel()  # no-op when finished; frees the slot if this call was cancelled
         self._record(model_id, engine, handle, len(text))
+        if handle.reason == "error":
+            raise RuntimeError(f"sampling failed for model {model_id} (see the replica's log)")
         return {"text": sample.prime + text, "generated": text, "generated_chars": len(text),
                 "finish_reason": handle.reason,
                 "time_to_first_char_s": _seconds(handle.first_char_at, handle.submitted_at)}
@@ -133,12 +137,6 @@ class Generator:
         finally:
             handle.cancel()
             self._record(model_id, engine, handle, sent)
-
-
-    def engine_stats(self) -> dict:
-        """{model id: running/waiting sequences, chars generated, requests ended by reason}
-        for the models loaded in this replica (call through a handle with a multiplexed id)."""
-        return {model_id: engine.stats() for model_id, engine in self.engines.items()}
 
 
 def _seconds(end: float | None, start: float) -> float | None:

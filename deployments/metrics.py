@@ -16,6 +16,10 @@ class GeneratorMetrics:
         model = ("model",)
         self.chars = metrics.Counter("rnnserve_chars_generated",
                                      description="characters generated", tag_keys=model)
+        # "cancelled" counts clients that went away mid-stream: their slot was freed early.
+        self.requests_finished = metrics.Counter(
+            "rnnserve_requests_finished", description="generate requests that left the batch, "
+            "by reason (length, cancelled, deadline)", tag_keys=("model", "reason"))
         self.time_to_first_char = metrics.Histogram(
             "rnnserve_time_to_first_char_seconds", description="request to first character",
             boundaries=LATENCY_BUCKETS, tag_keys=model)

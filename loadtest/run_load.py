@@ -32,22 +32,37 @@ SEED_MODEL = "loadtest-bard"
 LENGTH = 200  # characters per generate request (RNNSERVE_LOAD_LENGTH for the locustfile)
 
 
-def ensure_app(url: str) -> None:
+def load_config() -> Path:
+    """serve_config.yaml with the per-client inference rate limit off: every simulated user
+    comes from this one address, so the limit would turn the load test into a 429 test."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["limits"]["inference_per_s"] = 0
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    path = REPORTS / "serve_config.load.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def healthy(url: str) -> bool:
     try:
-        if requests.get(f"{url}/healthz", timeout=2).ok:
-            return
+        return requests.get(f"{url}/healthz", timeout=2).ok
     except requests.RequestException:
-        pass
+        return False
+
+
+def ensure_app(url: str) -> None:
+    if healthy(url):
+        print(f"using the app already at {url} (its per-client rate limits apply)", flush=True)
+        return
     subprocess.run([str(BIN / "ray"), "start", "--head", "--disable-usage-stats",
                     "--dashboard-host", "127.0.0.1", "--metrics-export-port", "8080"],
                    cwd=REPO, capture_output=True)
-    subprocess.run([str(BIN / "serve"), "deploy", "serve_config.yaml"], cwd=REPO, check=True)
+    subprocess.run([str(BIN / "serve"), "deploy", str(load_config())], cwd=REPO, check=True)
     for _ in range(180):
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).ok:
-                return
-        except requests.RequestException:
-            pass
+        if healthy(url):
+            return
         time.sleep(1)
     raise SystemExit("the Serve app did not come up")
 
@@ -80,16 +95,16 @@ class ReplicaSampler(threading.Thread):
         super().__init__(daemon=True)
         self.samples: list[tuple[float, int]] = []
         self.stopped = threading.Event()
+        self.started = time.monotonic()
 
     def run(self):
         from ray import serve
 
-        started = time.monotonic()
         while not self.stopped.is_set():
             try:
                 app = serve.status().applications["rnnserve"]
                 states = app.deployments["Generator"].replica_states
-                self.samples.append((time.monotonic() - started, states.get("RUNNING", 0)))
+                self.samples.append((time.monotonic() - self.started, states.get("RUNNING", 0)))
             except Exception:  # noqa: BLE001 - not on a Serve cluster (naive server)
                 pass
             time.sleep(1)
@@ -122,11 +137,74 @@ def run_locust(host: str, users: int, seconds: int, model: str, label: str) -> d
             "report": f"{prefix}.html"}
 
 
+def start_naive(model: str) -> subprocess.Popen:
+    naive = subprocess.Popen([sys.executable, "-m", "loadtest.naive_server", "--name", model,
+                              "--port", "8100"], cwd=REPO)
+    for _ in range(120):
+        try:
+            if requests.get("http://127.0.0.1:8100/models", timeout=2).ok:
+                return naive
+        except requests.RequestException:
+            time.sleep(1)
+    naive.terminate()
+    raise SystemExit("the naive server did not come up")
+
+
+def report(results: list[dict]) -> None:
+    for r in results:
+        print(f"{r['label']:>5} {r['users']:>3} users: {r['requests_per_s']:6.1f} req/s, "
+              f"{r['failures']} failures, TTFC p50/p95/p99 {r['ttfc_ms']['50%']:.0f}/"
+              f"{r['ttfc_ms']['95%']:.0f}/{r['ttfc_ms']['99%']:.0f} ms, "
+              f"{r['chars_per_s']:,.0f} chars/s"
+              + (f", Generator replicas max {r['max_replicas']}" if "max_replicas" in r else ""))
+    naive = {r["users"]: r for r in results if r["label"] == "naive"}
+    for r in results:
+        if r["label"] == "serve" and r["users"] in naive and naive[r["users"]]["chars_per_s"]:
+            ratio = r["chars_per_s"] / naive[r["users"]]["chars_per_s"]
+            print(f"  {r['users']} users: Serve / naive chars/s = {ratio:.1f}x")
+
+
+def plot(results: list[dict], replicas: list[tuple[float, int]], phases: list[dict],
+         path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (rate_ax, ttfc_ax, replica_ax) = plt.subplots(1, 3, figsize=(17, 4.5))
+    for label, style in (("serve", "o-"), ("naive", "s--")):
+        runs = [r for r in results if r["label"] == label]
+        if not runs:
+            continue
+        users = [r["users"] for r in runs]
+        rate_ax.plot(users, [r["chars_per_s"] for r in runs], style, label=label)
+        for percentile, alpha in (("50%", 1.0), ("95%", 0.6), ("99%", 0.3)):
+            ttfc_ax.plot(users, [r["ttfc_ms"][percentile] for r in runs], style, alpha=alpha,
+                         label=f"{label} p{percentile[:-1]}")
+    rate_ax.set(xlabel="locust users", ylabel="generated chars/s (all requests)",
+                title="throughput")
+    ttfc_ax.set(xlabel="locust users", ylabel="ms", yscale="log",
+                title="time to first character (streamed)")
+    if replicas:
+        replica_ax.step([t for t, _ in replicas], [n for _, n in replicas], where="post")
+    for phase in phases:
+        replica_ax.axvspan(phase["start"], phase["end"], alpha=0.12, color="tab:orange")
+        replica_ax.text(phase["start"], 0.2, phase["name"], fontsize=8)
+    replica_ax.set(xlabel="seconds", ylabel="running Generator replicas", ylim=(0, None),
+                   title="autoscaling under the load steps")
+    for ax in (rate_ax, ttfc_ax):
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="http://127.0.0.1:8000")
     parser.add_argument("--users", default="32", help="comma-separated user counts")
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--cooldown", type=int, default=90,
+                        help="idle seconds after the load, to record the scale-down")
     parser.add_argument("--naive", action="store_true", help="also load the naive server")
     args = parser.parse_args(argv)
     users = [int(u) for u in args.users.split(",")]
@@ -136,37 +214,35 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     ray.init(address="auto", log_to_driver=False)
-    results = []
+    results, phases = [], []
+    sampler = ReplicaSampler()
+    sampler.start()
     for count in users:
-        sampler = ReplicaSampler()
-        sampler.start()
+        begin = time.monotonic() - sampler.started
         result = run_locust(args.host, count, args.seconds, model, "serve")
-        sampler.stopped.set()
-        result["replicas"] = sampler.samples
+        phases.append({"name": f"{count} users", "start": begin,
+                       "end": time.monotonic() - sampler.started})
+        result["max_replicas"] = max((n for t, n in sampler.samples
+                                      if begin <= t <= phases[-1]["end"]), default=0)
         results.append(result)
+    print(f"load over; recording {args.cooldown} s of scale-down", flush=True)
+    time.sleep(args.cooldown)
+    sampler.stopped.set()
     if args.naive:
-        naive = subprocess.Popen([sys.executable, "-m", "loadtest.naive_server", "--name", model,
-                                  "--port", "8100"], cwd=REPO)
+        naive = start_naive(model)
         try:
-            for _ in range(60):
-                try:
-                    if requests.get("http://127.0.0.1:8100/models", timeout=2).ok:
-                        break
-                except requests.RequestException:
-                    time.sleep(1)
             for count in users:
                 results.append(run_locust("http://127.0.0.1:8100", count, args.seconds, model,
                                           "naive"))
         finally:
             naive.terminate()
-    for r in results:
-        print(f"{r['label']:>5} {r['users']:>3} users: {r['requests_per_s']:6.1f} req/s, "
-              f"{r['failures']} failures, TTFC p50/p95/p99 {r['ttfc_ms']['50%']:.0f}/"
-              f"{r['ttfc_ms']['95%']:.0f}/{r['ttfc_ms']['99%']:.0f} ms, "
-              f"{r['chars_per_s']:,.0f} chars/s"
-              + (f", replicas max {max(n for _, n in r['replicas'])}" if r.get("replicas") else ""))
+    report(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "load.json").write_text(json.dumps({"model": model, "runs": results}, indent=2))
+    (RESULTS / "load.json").write_text(json.dumps(
+        {"machine": f"{os.cpu_count()} cores", "model": model, "runs": results,
+         "replicas": sampler.samples, "phases": phases}, indent=2))
+    plot(results, sampler.samples, phases, RESULTS / "load.png")
+    print(f"wrote {RESULTS / 'load.json'} and load.png; locust reports in {REPORTS}")
     if any(r["failures"] for r in results if r["label"] == "serve"):
         raise SystemExit("failed requests against the Serve app")
 

@@ -12,8 +12,9 @@ newline when the vocabulary has one (the start of a paragraph), else from id 0.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from deployments.engine.scheduler import Scheduler, Sequence
 from models.config import SampleConfig
 from models.runner import StepRunner
 from models.vocab import Vocab
+
+logger = logging.getLogger(__name__)
 
 
 def sample_next(logits: np.ndarray, sequences: list[Sequence]) -> np.ndarray:
@@ -52,7 +55,8 @@ class SequenceHandle:
         self.submitted_at = time.perf_counter()
         self.first_char_at: float | None = None
         self.finished_at: float | None = None
-        self.reason: str | None = None  # "length", "cancelled" or "deadline" once finished
+        # Once finished: "length", "cancelled", "deadline", or "error" (a step failed).
+        self.reason: str | None = None
 
     # Called on the event loop thread when the engine delivers a batch of steps' output.
     def _emit(self, text: str) -> None:
@@ -91,15 +95,15 @@ class SequenceHandle:
 
 class SamplingEngine:
     def __init__(self, runner: StepRunner, vocab: Vocab, max_batch: int = 64,
-                 max_waiting: int = 1024):
+                 max_waiting: int = 1024, on_finish: Callable[[str], None] | None = None):
         self.runner, self.vocab = runner, vocab
+        self.on_finish = on_finish  # called with each request's finish reason, on the loop
         self.scheduler = Scheduler(max_batch, max_waiting)
         runner.allocate(max_batch)
         self.start_id = vocab.encode("\n")[0] if "\n" in vocab.chars else 0
         self.handles: dict[int, SequenceHandle] = {}
         self.occupancy: list[int] = []  # batch size of each step since the last drain
         self.chars_generated = 0
-        self.finished: Counter[str] = Counter()  # requests ended, by reason
         # Output of the steps run since the last delivery, handed to the handles on the event
         # loop in one go: a thread-safe wake-up per character cost more than the step itself.
         self._chars: dict[SequenceHandle, list[str]] = {}
@@ -155,7 +159,6 @@ class SamplingEngine:
 
     def _end(self, sequence: Sequence, reason: str) -> None:
         self._ended.append((self.handles.pop(sequence.request_id), reason))
-        self.finished[reason] += 1
 
     def deliver(self) -> None:
         """On the event loop: pass the text sampled since the last call to its handles, then
@@ -166,11 +169,8 @@ class SamplingEngine:
             handle._emit("".join(pieces))
         for handle, reason in ended:
             handle._finish(reason)
-
-    def stats(self) -> dict:
-        """What the engine holds now and has done: for operators and tests."""
-        return {"running": len(self.scheduler.running), "waiting": self.queue_depth,
-                "chars_generated": self.chars_generated, "finished": dict(self.finished)}
+            if self.on_finish is not None:
+                self.on_finish(reason)
 
     def drain_occupancy(self) -> list[int]:
         taken, self.occupancy = self.occupancy, []
@@ -183,8 +183,17 @@ class SamplingEngine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await asyncio.to_thread(self._steps_for, 0.005)
+            try:
+                await asyncio.to_thread(self._steps_for, 0.005)
+            except Exception:  # noqa: BLE001 - one bad step must not leave every caller waiting
+                logger.exception("a sampling step failed; ending the requests it held")
+                self._end_all("error")
             self.deliver()
+
+    def _end_all(self, reason: str) -> None:
+        for sequence in self.scheduler.clear():
+            if sequence.request_id in self.handles:
+                self._end(sequence, reason)
 
     def _steps_for(self, seconds: float) -> None:
         """Several steps per hop to the worker thread: the hop costs more than a small step.

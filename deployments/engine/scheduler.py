@@ -91,6 +91,15 @@ class Scheduler:
                 self.running.remove(sequence)
                 self.free_slots.append(sequence.slot)
 
+    def clear(self) -> list[Sequence]:
+        """Retire every running and waiting sequence (after a failed step); returns them."""
+        with self._lock:
+            everything = [*self.running, *self.waiting]
+            for sequence in everything:
+                self.retire(sequence)
+            self.waiting.clear()
+            return everything
+
     @property
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)

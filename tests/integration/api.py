@@ -30,3 +30,13 @@ def wait_status(url: str, name: str, version: int, wanted: set[str], timeout: fl
 
 def generate(url: str, name: str, **body) -> requests.Response:
     return requests.post(f"{url}/models/{name}/generate", json=body, timeout=120)
+
+
+def metric_total(metrics_url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `ray_<name>` on Ray's metrics port whose labels include `labels`."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    total = 0.0
+    for line in requests.get(metrics_url, timeout=10).text.splitlines():
+        if line.startswith(f"ray_{name}{{") and all(label in line for label in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -121,3 +121,35 @@ def test_full_queue_is_refused(runner_factory):
         return True
 
     assert run(go, runner_factory, max_batch=1, max_waiting=1)
+
+
+def test_a_failing_step_ends_its_requests_and_the_engine_serves_on(runner_factory):
+    finished = []
+
+    class FlakyRunner:
+        """Wraps the real runner; its next step raises once (say, out of memory)."""
+
+        def __init__(self, runner):
+            self.runner, self.fail_next = runner, False
+
+        def __getattr__(self, name):
+            return getattr(self.runner, name)
+
+        def step(self, slots, ids):
+            if self.fail_next:
+                self.fail_next = False
+                raise MemoryError("simulated")
+            return self.runner.step(slots, ids)
+
+    flaky = FlakyRunner(runner_factory())
+
+    async def go(engine):
+        flaky.fail_next = True
+        broken = engine.submit(SampleConfig(max_length=30))
+        await asyncio.wait_for(broken.result(), 5)
+        after = await asyncio.wait_for(engine.submit(SampleConfig(max_length=30)).result(), 5)
+        return broken, after
+
+    broken, after = run(go, lambda: flaky, on_finish=finished.append)
+    assert broken.reason == "error" and len(after) == 30
+    assert finished == ["error", "length"]
