@@ -79,7 +79,10 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry,
                  if (m := re.match(r"checkpoint: step (\d+)", line))]
         return max(steps) if steps else None
 
-    wait_for(checkpointed_step, 300, what="a first checkpoint")
+    # Ray Train learns of a reported checkpoint when its controller next polls the workers: a
+    # worker killed within that moment restarts the run from the checkpoint before. So the
+    # kill comes two checkpoints later, when the first one is surely on the controller's books.
+    wait_for(lambda: (checkpointed_step() or 0) >= 150, 300, what="three checkpoints")
     # This run's worker processes: children of this session's raylet (other Ray instances on
     # the machine have their own), titled by Ray after the actor class.
     raylet = next(p for p in psutil.process_iter(["cmdline"])
