@@ -34,6 +34,12 @@ def ready_models(client) -> dict[str, list[str]]:
     return _models
 
 
+def pick_model(client, kind: str) -> str | None:
+    """A random ready model of this kind, or None (the user then idles this turn)."""
+    names = ready_models(client).get(kind)
+    return random.choice(names) if names else None
+
+
 class GenerateUser(HttpUser):
     """Plain generation: one JSON answer per request."""
 
@@ -42,10 +48,9 @@ class GenerateUser(HttpUser):
 
     @task
     def generate(self):
-        names = ready_models(self.client).get("charrnn")
-        if not names:
+        name = pick_model(self.client, "charrnn")
+        if name is None:
             return
-        name = random.choice(names)
         with self.client.post(f"/models/{name}/generate", name="/models/[name]/generate",
                               json={"prime": "The ", "max_length": GENERATE_LENGTH,
                                     "temperature": 0.8}, catch_response=True) as response:
@@ -63,10 +68,9 @@ class StreamUser(HttpUser):
 
     @task
     def stream(self):
-        names = ready_models(self.client).get("charrnn")
-        if not names:
+        name = pick_model(self.client, "charrnn")
+        if name is None:
             return
-        name = random.choice(names)
         started = time.perf_counter()
         first_chunk_ms, received = None, 0
         with self.client.post(f"/models/{name}/generate", name="/models/[name]/generate stream",
@@ -96,11 +100,11 @@ class PredictUser(HttpUser):
 
     @task
     def predict(self):
-        names = ready_models(self.client).get("lstm-classifier")
-        if not names:
+        name = pick_model(self.client, "lstm-classifier")
+        if name is None:
             return
         pixels = [random.random() for _ in range(784)]
-        with self.client.post(f"/models/{random.choice(names)}/predict",
+        with self.client.post(f"/models/{name}/predict",
                               name="/models/[name]/predict", json={"data": pixels},
                               catch_response=True) as response:
             if response.status_code != 200 or len(response.json().get("y", [])) == 0:
