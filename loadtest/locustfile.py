@@ -40,6 +40,18 @@ def pick_model(client, kind: str) -> str | None:
     return random.choice(names) if names else None
 
 
+def post_generate(client, stream: bool):
+    """The generate request both generate users send, or None when no model is ready yet
+    (the user then idles this turn)."""
+    name = pick_model(client, "charrnn")
+    if name is None:
+        return None
+    body = {"prime": "The ", "max_length": GENERATE_LENGTH, "temperature": 0.8, "stream": stream}
+    label = "/models/[name]/generate" + (" stream" if stream else "")
+    return client.post(f"/models/{name}/generate", name=label, json=body, stream=stream,
+                       catch_response=True)
+
+
 class GenerateUser(HttpUser):
     """Plain generation: one JSON answer per request."""
 
@@ -48,12 +60,10 @@ class GenerateUser(HttpUser):
 
     @task
     def generate(self):
-        name = pick_model(self.client, "charrnn")
-        if name is None:
+        request = post_generate(self.client, stream=False)
+        if request is None:
             return
-        with self.client.post(f"/models/{name}/generate", name="/models/[name]/generate",
-                              json={"prime": "The ", "max_length": GENERATE_LENGTH,
-                                    "temperature": 0.8}, catch_response=True) as response:
+        with request as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
             elif len(response.json()["generated"]) != GENERATE_LENGTH:
@@ -68,15 +78,12 @@ class StreamUser(HttpUser):
 
     @task
     def stream(self):
-        name = pick_model(self.client, "charrnn")
-        if name is None:
-            return
         started = time.perf_counter()
+        request = post_generate(self.client, stream=True)
+        if request is None:
+            return
         first_chunk_ms, received = None, 0
-        with self.client.post(f"/models/{name}/generate", name="/models/[name]/generate stream",
-                              json={"prime": "The ", "max_length": GENERATE_LENGTH,
-                                    "stream": True}, stream=True,
-                              catch_response=True) as response:
+        with request as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}")
                 return
