@@ -24,6 +24,11 @@ venv: $(BIN)/.installed
 system-deps:
 	bash scripts/system-deps.sh
 
+# Ray 2.60 turns token auth on for a head started where ~/.ray/auth_token exists (any earlier
+# local ray.init() writes one), but its CLI clients (serve deploy/shutdown, ray status) send the
+# token only in token mode: say it explicitly so the head and the clients agree.
+run stop loadtest bench-e2e: export RAY_AUTH_MODE ?= token
+
 run: $(BIN)/.installed
 	$(BIN)/ray start --head --disable-usage-stats --include-dashboard=true \
 	  --dashboard-host 127.0.0.1 --metrics-export-port $(METRICS_PORT) 2>/dev/null \

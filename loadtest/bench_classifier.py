@@ -21,8 +21,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MNIST = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data")) / "mnist"
 RESULTS = REPO / "benchmarks" / "results"
-CONFIG = ["--num_hidden", "128", "--num_layers", "1", "--batch_size", "128",
-          "--learning_rate", "0.002", "--val_frac", "0.1", "--save_every_n", "250",
+CONFIG = ["--num_hidden", "128", "--num_layers", "1", "--dropout", "0.2", "--batch_size", "128",
+          "--learning_rate", "0.002", "--lr_decay", "0.05", "--val_frac", "0.1", "--save_every_n", "250",
           "--log_every_n", "50", "--cpus_per_worker", "2"]
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from trainers.classifier_data import evaluate, prepare, read_idx
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max_steps", type=int, default=2500)
+    parser.add_argument("--max_steps", type=int, default=4000)
     parser.add_argument("--max_minutes", type=float, default=9.0)
     args = parser.parse_args(argv)
 

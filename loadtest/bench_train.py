@@ -26,7 +26,7 @@ RESULTS = REPO / "benchmarks" / "results"
 ORIGIN = ["--lstm_size", "128", "--num_layers", "2", "--num_seqs", "32", "--num_steps", "50",
           "--learning_rate", "0.01", "--train_keep_prob", "0.5"]
 OURS = ["--lstm_size", "256", "--num_layers", "2", "--use_embedding", "--embedding_size", "64",
-        "--num_seqs", "32", "--num_steps", "64", "--learning_rate", "0.004",
+        "--num_seqs", "32", "--num_steps", "64", "--learning_rate", "0.004", "--lr_decay", "0.1",
         "--train_keep_prob", "0.9"]
 CHECKPOINT = re.compile(r"checkpoint: step (\d+) (?:epoch [\d.]+ )?elapsed_s ([\d.]+) "
                         r".*items_per_s ([\d.]+) val_loss ([\d.]+)")

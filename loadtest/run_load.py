@@ -53,6 +53,10 @@ def healthy(url: str) -> bool:
 
 
 def ensure_app(url: str) -> None:
+    # Ray 2.60 turns token auth on for a head started where ~/.ray/auth_token exists (any
+    # earlier local ray.init() writes one), but the `serve` CLI sends the token only in token
+    # mode; saying so explicitly makes the head and every client here agree either way.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     if healthy(url):
         print(f"using the app already at {url} (its per-client rate limits apply)", flush=True)
         return

@@ -40,6 +40,9 @@ class RunConfig:
     """How any training run executes: steps, checkpoints, workers, limits (every family)."""
 
     learning_rate: float = param(0.01, "Adam learning rate", 1e-6, 1.0)
+    lr_decay: float = param(1.0, "final learning rate as a fraction of learning_rate, reached "
+                            "by cosine decay at the end of the run (max_steps or the "
+                            "max_minutes budget, whichever ends first); 1: constant", 0.0, 1.0)
     max_steps: int = param(2000, "training steps to run", 1, 10_000_000)
     grad_clip: float = param(5.0, "clip gradients to this global norm", 0.01, 1000.0)
     val_frac: float = param(0.1, "fraction of the data (its end) held out for validation",

@@ -13,6 +13,7 @@ the optimizer's moments intact instead of starting again at step 0.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -48,6 +49,12 @@ class LoopTask:
 
 class TrainingTimeout(RuntimeError):
     pass
+
+
+def cosine_factor(progress: float, final: float) -> float:
+    """Learning-rate multiplier `progress` (0..1) into a run: 1 at the start, `final` at the end."""
+    progress = min(max(progress, 0.0), 1.0)
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _save_checkpoint(directory: str, model, optimizer, state: dict) -> None:
@@ -113,9 +120,18 @@ def run_training_loop(task: LoopTask) -> None:
         return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     @tf.function
-    def any_worker(flag):
-        per_replica = strategy.run(lambda f: f, args=(flag,))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    def mean_over_workers(values):
+        per_replica = strategy.run(lambda v: v, args=(values,))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    decays = task.run.lr_decay < 1.0
+
+    def follow_schedule(progress: float) -> None:
+        if decays:
+            optimizer.learning_rate = task.run.learning_rate * cosine_factor(progress,
+                                                                             task.run.lr_decay)
+
+    follow_schedule(step / task.run.max_steps)  # a resumed run continues its schedule
 
     batches = task.batches(rank, world, step)
     budget_s = task.run.max_minutes * 60
@@ -137,17 +153,22 @@ def run_training_loop(task: LoopTask) -> None:
             if not np.all(np.isfinite(losses)):
                 raise FloatingPointError(f"training loss became non-finite before step {step}")
             window_loss += sum(losses)
-        if budget_s and step % task.run.log_every_n == 0:
-            # Every worker must stop at the same step or the others hang in the all-reduce,
-            # so they agree through a collective: stop as soon as any one is over budget.
-            over = float(time.perf_counter() - started > budget_s)
-            if float(any_worker(tf.constant(over))) > 0:
+        if (budget_s or decays) and step % task.run.log_every_n == 0:
+            # Workers must stop at the same step (or the others hang in the all-reduce) and
+            # use the same learning rate (or their weights drift apart), so they agree on the
+            # time budget through a collective: all stop as soon as any one is over it, and
+            # the schedule follows the mean share of it spent (or of max_steps, if further).
+            spent = (time.perf_counter() - started) / budget_s if budget_s else 0.0
+            over, spent = mean_over_workers(tf.constant([float(spent > 1.0), spent])).numpy()
+            if over > 0:
                 last_step = step
+            follow_schedule(max(step / task.run.max_steps, float(spent)))
         if step % task.run.log_every_n == 0 and rank == 0:
             elapsed = time.perf_counter() - window_start
             rate = window_steps * task.global_batch_size * task.items_per_example / elapsed
             task.log(f"step {step}/{task.run.max_steps} loss {window_loss / window_steps:.4f} "
-                     f"{rate:,.0f} items/s")
+                     f"{rate:,.0f} items/s" + (f" lr {float(optimizer.learning_rate):.2e}"
+                                               if decays else ""))
         if step % task.run.save_every_n == 0 or step == last_step:
             elapsed = time.perf_counter() - window_start
             metrics = {

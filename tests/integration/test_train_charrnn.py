@@ -45,7 +45,7 @@ def test_two_workers_register_a_ready_version_that_reloads_to_the_same_loss(
 
     finish(start_trainer(ray_cluster, "--input_file", corpus, "--name", "two-workers",
                          "--num_workers", "2", "--max_steps", "30", "--save_every_n", "15",
-                         *SMALL_MODEL))
+                         "--lr_decay", "0.1", "--max_minutes", "30", *SMALL_MODEL))
     record, directory = registry.fetch_version("two-workers")
     assert record.status == "ready" and record.version == 1
     assert sorted(os.listdir(directory)) == ["config.json", "metrics.json", "model.weights.h5",
@@ -63,6 +63,10 @@ def test_two_workers_register_a_ready_version_that_reloads_to_the_same_loss(
     logs = registry.read_logs("two-workers", 1)
     assert any(line.startswith("step 30/30") for line in logs)
     assert any("promoted version 1 to production" in line for line in logs)
+    # The workers agreed on a cosine schedule that ends at lr_decay * learning_rate.
+    rates = [float(m[1]) for line in logs if (m := re.search(r" lr ([-+.e\d]+)$", line))]
+    assert len(rates) == 6 and rates == sorted(rates, reverse=True) and rates[0] < 0.01
+    assert rates[-1] == pytest.approx(0.001, rel=0.01)
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry, corpus):
