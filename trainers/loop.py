@@ -125,11 +125,15 @@ def run_training_loop(task: LoopTask) -> None:
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
     decays = task.run.lr_decay < 1.0
+    # Kept in Python for the log: under MWMS the optimizer's variable is a MirroredVariable,
+    # which cannot be read back as a float.
+    learning_rate = task.run.learning_rate
 
     def follow_schedule(progress: float) -> None:
+        nonlocal learning_rate
         if decays:
-            optimizer.learning_rate = task.run.learning_rate * cosine_factor(progress,
-                                                                             task.run.lr_decay)
+            learning_rate = task.run.learning_rate * cosine_factor(progress, task.run.lr_decay)
+            optimizer.learning_rate = learning_rate
 
     follow_schedule(step / task.run.max_steps)  # a resumed run continues its schedule
 
@@ -167,7 +171,7 @@ def run_training_loop(task: LoopTask) -> None:
             elapsed = time.perf_counter() - window_start
             rate = window_steps * task.global_batch_size * task.items_per_example / elapsed
             task.log(f"step {step}/{task.run.max_steps} loss {window_loss / window_steps:.4f} "
-                     f"{rate:,.0f} items/s" + (f" lr {float(optimizer.learning_rate):.2e}"
+                     f"{rate:,.0f} items/s" + (f" lr {learning_rate:.2e}"
                                                if decays else ""))
         if step % task.run.save_every_n == 0 or step == last_step:
             elapsed = time.perf_counter() - window_start
