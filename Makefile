@@ -30,6 +30,7 @@ system-deps:
 run stop loadtest bench-e2e: export RAY_AUTH_MODE ?= token
 
 run: $(BIN)/.installed
+	$(BIN)/ray get-auth-token --generate >/dev/null  # makes ~/.ray/auth_token once, if missing
 	$(BIN)/ray start --head --disable-usage-stats --include-dashboard=true \
 	  --dashboard-host 127.0.0.1 --metrics-export-port $(METRICS_PORT) 2>/dev/null \
 	  || echo "(reusing the running Ray head)"

@@ -60,6 +60,8 @@ def ensure_app(url: str) -> None:
     if healthy(url):
         print(f"using the app already at {url} (its per-client rate limits apply)", flush=True)
         return
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], capture_output=True,
+                   check=True)  # the token a head in token mode needs, made once
     subprocess.run([str(BIN / "ray"), "start", "--head", "--disable-usage-stats",
                     "--dashboard-host", "127.0.0.1", "--metrics-export-port", "8080"],
                    cwd=REPO, capture_output=True)
