@@ -27,7 +27,8 @@ system-deps:
 # Ray 2.60 turns token auth on for a head started where ~/.ray/auth_token exists (any earlier
 # local ray.init() writes one), but its CLI clients (serve deploy/shutdown, ray status) send the
 # token only in token mode: say it explicitly so the head and the clients agree.
-run stop loadtest bench-e2e: export RAY_AUTH_MODE ?= token
+# (loadtest/run_load.py, behind `make loadtest` and `bench-e2e`, does the same for itself.)
+run stop: export RAY_AUTH_MODE ?= token
 
 run: $(BIN)/.installed
 	$(BIN)/ray get-auth-token --generate >/dev/null  # makes ~/.ray/auth_token once, if missing

@@ -13,8 +13,7 @@ from ray import serve
 
 from deployments.generator import enable_gpu_memory_growth
 from models.artifacts import load_classifier
-from registry import Registry, Settings
-from trainers.cli import parse_model_ref
+from registry import Registry, Settings, parse_model_ref
 
 
 class LoadedClassifier:

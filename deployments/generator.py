@@ -14,14 +14,13 @@ import time
 
 from ray import serve
 
-from deployments.engine import QueueFull, SamplingEngine
 from deployments.errors import Overloaded
 from deployments.metrics import GeneratorMetrics
 from models.artifacts import load_charrnn
 from models.config import SampleConfig
 from models.runner import StepRunner
-from registry import Registry, Settings
-from trainers.cli import parse_model_ref
+from registry import Registry, Settings, parse_model_ref
+from sampling import QueueFull, SamplingEngine
 
 
 def enable_gpu_memory_growth() -> None:

@@ -24,8 +24,7 @@ from deployments.limits import Limits
 from deployments.metrics import JobMetrics
 from deployments.predict_input import parse_predict_body
 from deployments.schemas import GenerateRequest, PromoteRequest, sample_config
-from registry import Registry, Settings, validate_name
-from trainers.cli import parse_model_ref
+from registry import Registry, Settings, parse_model_ref, validate_name
 from trainers.families import FAMILIES
 
 logger = logging.getLogger("ray.serve")

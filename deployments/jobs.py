@@ -7,7 +7,6 @@ a job that died before it could write (killed, out of memory, never started).
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import uuid
@@ -51,16 +50,10 @@ class TrainingJobs:
     def submit(self, family: Family, record: VersionRecord, input_file: str,
                params: dict) -> str:
         job_id = f"rnnserve-{record.name}-v{record.version}-{uuid.uuid4().hex[:8]}"
-        env = {"RNNSERVE_STORAGE": self.settings.storage, "RNNSERVE_DB_URL": self.settings.db_url}
-        if self.settings.s3_endpoint:
-            env["RNNSERVE_S3_ENDPOINT"] = self.settings.s3_endpoint
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
-            if os.environ.get(key):
-                env[key] = os.environ[key]
         self.client.submit_job(
             entrypoint=self.entrypoint(family, record, input_file, params),
             submission_id=job_id,
-            runtime_env={"env_vars": env},
+            runtime_env={"env_vars": self.settings.to_env()},
             metadata={"rnnserve_model": record.name, "rnnserve_version": str(record.version)},
         )
         return job_id

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deployments.engine import SamplingEngine
 from loadtest.baseline import PerRequestSampler
 from models.charrnn import build_charrnn
 from models.config import CharRNNConfig, SampleConfig
 from models.runner import StepRunner
 from models.vocab import Vocab
+from sampling import SamplingEngine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -2,9 +2,10 @@
 
 from registry.artifacts import ArtifactStore
 from registry.errors import Conflict, InvalidName, NotFound, RegistryError
-from registry.names import validate_name
+from registry.names import format_model_ref, parse_model_ref, validate_name
 from registry.settings import Settings
 from registry.store import STATUSES, Registry, VersionRecord
 
 __all__ = ["ArtifactStore", "Conflict", "InvalidName", "NotFound", "Registry", "RegistryError",
-           "STATUSES", "Settings", "VersionRecord", "validate_name"]
+           "STATUSES", "Settings", "VersionRecord", "format_model_ref", "parse_model_ref",
+           "validate_name"]

@@ -1,4 +1,8 @@
-"""Model names become storage paths and URL parts, so only a safe alphabet is allowed."""
+"""Model names and references.
+
+Names become storage paths and URL parts, so only a safe alphabet is allowed. A reference
+`NAME` or `NAME:VERSION` names one version (the production one when no version is given).
+"""
 
 from __future__ import annotations
 
@@ -15,3 +19,15 @@ def validate_name(name: str) -> str:
             f"invalid model name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit, without '..'")
     return name
+
+
+def parse_model_ref(reference: str) -> tuple[str, int | None]:
+    """`NAME` or `NAME:VERSION` -> (name, version or None)."""
+    name, _, version = reference.partition(":")
+    if not name or (version and not version.isdigit()):
+        raise ValueError(f"expected NAME or NAME:VERSION, got {reference!r}")
+    return name, int(version) if version else None
+
+
+def format_model_ref(name: str, version: int) -> str:
+    return f"{name}:{version}"

@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+# The environment variables a process reads its settings from (a job's driver is handed them).
+STORAGE_ENV = "RNNSERVE_STORAGE"
+DB_URL_ENV = "RNNSERVE_DB_URL"
+API_KEY_ENV = "RNNSERVE_API_KEY"
+S3_ENDPOINT_ENV = "RNNSERVE_S3_ENDPOINT"
+S3_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -16,15 +23,34 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides) -> Settings:
         env = os.environ
-        storage = overrides.get("storage") or env.get("RNNSERVE_STORAGE") or "./storage"
+        storage = overrides.get("storage") or env.get(STORAGE_ENV) or "./storage"
         if "://" not in storage:
             storage = os.path.abspath(storage)
         default_db = (f"sqlite:///{os.path.join(storage, 'registry.db')}" if "://" not in storage
                       else f"sqlite:///{os.path.abspath('registry.db')}")
         return cls(
             storage=storage,
-            db_url=overrides.get("db_url") or env.get("RNNSERVE_DB_URL") or default_db,
-            api_key=overrides.get("api_key") or env.get("RNNSERVE_API_KEY") or None,
-            s3_endpoint=(overrides.get("s3_endpoint") or env.get("RNNSERVE_S3_ENDPOINT")
+            db_url=overrides.get("db_url") or env.get(DB_URL_ENV) or default_db,
+            api_key=overrides.get("api_key") or env.get(API_KEY_ENV) or None,
+            s3_endpoint=(overrides.get("s3_endpoint") or env.get(S3_ENDPOINT_ENV)
                          or env.get("AWS_ENDPOINT_URL") or None),
         )
+
+    @staticmethod
+    def add_flags(parser) -> None:
+        """`--storage` and `--db_url` for a command-line tool (the environment otherwise)."""
+        parser.add_argument("--storage", default=None, help=f"storage root (env {STORAGE_ENV})")
+        parser.add_argument("--db_url", default=None, help=f"registry database (env {DB_URL_ENV})")
+
+    @classmethod
+    def from_flags(cls, args) -> Settings:
+        return cls.from_env(storage=args.storage, db_url=args.db_url)
+
+    def to_env(self) -> dict[str, str]:
+        """What another process (a training job) needs in its environment to reach the same
+        registry and storage: these settings, and S3 credentials this process holds."""
+        env = {STORAGE_ENV: self.storage, DB_URL_ENV: self.db_url}
+        if self.s3_endpoint:
+            env[S3_ENDPOINT_ENV] = self.s3_endpoint
+        env.update({key: os.environ[key] for key in S3_CREDENTIAL_ENV if os.environ.get(key)})
+        return env

@@ -29,9 +29,8 @@ from models.artifacts import (
 )
 from models.config import CharRNNConfig, TrainConfig
 from models.vocab import Vocab
-from registry import NotFound, Registry, Settings, VersionRecord
+from registry import NotFound, Registry, Settings, VersionRecord, parse_model_ref
 from trainers.charrnn_data import split_corpus
-from trainers.cli import parse_model_ref
 from trainers.entrypoint import family_main
 from trainers.job import RegistryLog, UserError, read_input
 

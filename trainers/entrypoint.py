@@ -8,8 +8,8 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
+from models.flags import add_config_flags, config_from_flags
 from registry import Settings
-from trainers.cli import add_config_flags, config_from_flags
 from trainers.job import TrainFunction, run_job
 
 # (args, model config, run config, settings) -> the family's TrainFunction
@@ -27,8 +27,7 @@ def family_main(argv: list[str] | None, *, kind: str, doc: str, model_cls: type,
     parser.add_argument("--name", required=True, help="model name in the registry")
     parser.add_argument("--version", type=int, default=None,
                         help="attach to this queued version (the server passes it)")
-    parser.add_argument("--storage", default=None, help="storage root (env RNNSERVE_STORAGE)")
-    parser.add_argument("--db_url", default=None, help="registry database (env RNNSERVE_DB_URL)")
+    Settings.add_flags(parser)
     if extra_flags:
         extra_flags(parser)
     add_config_flags(parser, model_cls, skip=skip)
@@ -40,8 +39,7 @@ def family_main(argv: list[str] | None, *, kind: str, doc: str, model_cls: type,
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    overrides = {k: v for k, v in {"storage": args.storage, "db_url": args.db_url}.items() if v}
-    settings = Settings.from_env(**overrides)
+    settings = Settings.from_flags(args)
     params = {**dataclasses.asdict(model_config), **dataclasses.asdict(run_config),
               "input_file": args.input_file}
     for name in skip:

@@ -157,15 +157,17 @@ def run_training_loop(task: LoopTask) -> None:
             if not np.all(np.isfinite(losses)):
                 raise FloatingPointError(f"training loss became non-finite before step {step}")
             window_loss += sum(losses)
-        if (budget_s or decays) and step % task.run.log_every_n == 0:
-            # Workers must stop at the same step (or the others hang in the all-reduce) and
-            # use the same learning rate (or their weights drift apart), so they agree on the
-            # time budget through a collective: all stop as soon as any one is over it, and
-            # the schedule follows the mean share of it spent (or of max_steps, if further).
-            spent = (time.perf_counter() - started) / budget_s if budget_s else 0.0
-            over, spent = mean_over_workers(tf.constant([float(spent > 1.0), spent])).numpy()
-            if over > 0:
-                last_step = step
+        if step % task.run.log_every_n == 0:
+            spent = 0.0  # share of the time budget used, agreed by all workers
+            if budget_s:
+                # Workers must stop at the same step (or the others hang in the all-reduce)
+                # and use the same learning rate (or their weights drift apart), so they agree
+                # on the time budget through a collective: all stop as soon as any one is over
+                # it, and the schedule follows the mean share of it spent.
+                mine = (time.perf_counter() - started) / budget_s
+                over, spent = mean_over_workers(tf.constant([float(mine > 1.0), mine])).numpy()
+                if over > 0:
+                    last_step = step
             follow_schedule(max(step / task.run.max_steps, float(spent)))
         if step % task.run.log_every_n == 0 and rank == 0:
             elapsed = time.perf_counter() - window_start

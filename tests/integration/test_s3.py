@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_train_register_and_sample_from_s3(ray_cluster, s3_endpoint, shakespeare, tmp_path, capsys):
     import os
 
-    from models import sample
+    import sampling.__main__ as sample
     from registry import Registry, Settings
 
     storage, db_url = "s3://models/e2e", f"sqlite:///{tmp_path}/s3-registry.db"

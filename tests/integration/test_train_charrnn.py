@@ -112,7 +112,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_cluster, registry,
 
 def test_init_from_continues_training_and_refuses_new_characters(ray_cluster, registry, corpus,
                                                                   tmp_path, capsys):
-    from models import sample
+    import sampling.__main__ as sample
 
     finish(start_trainer(ray_cluster, "--input_file", corpus, "--name", "two-workers",
                          "--init_from", "two-workers:1", "--max_steps", "10",

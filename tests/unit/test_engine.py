@@ -5,11 +5,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from deployments.engine import QueueFull, SamplingEngine
 from models.charrnn import build_charrnn
 from models.config import CharRNNConfig, SampleConfig
 from models.runner import StepRunner
 from models.vocab import UNKNOWN, Vocab
+from sampling import QueueFull, SamplingEngine
 
 VOCAB = Vocab.from_text("abcdefgh \n", 100)
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from deployments.engine import QueueFull, Scheduler, Sequence
+from sampling import QueueFull, Scheduler, Sequence
 
 
 def seq(length: int = 3, prompt=(1,)) -> Sequence:

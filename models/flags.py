@@ -1,4 +1,5 @@
-"""Command-line flags generated from the config dataclasses, so each flag is defined once."""
+"""Command-line flags generated from the config dataclasses, so each flag is defined once
+(the trainers' and the offline sampler's)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,3 @@ def config_from_flags(cls: type, args: argparse.Namespace):
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
     return parse_config(cls, given)
 
-
-def parse_model_ref(reference: str) -> tuple[str, int | None]:
-    """`NAME` or `NAME:VERSION` (as in --init_from) -> (name, version or None)."""
-    name, _, version = reference.partition(":")
-    if not name or (version and not version.isdigit()):
-        raise ValueError(f"expected NAME or NAME:VERSION, got {reference!r}")
-    return name, int(version) if version else None

@@ -1,9 +1,9 @@
-"""Offline sampling from a registered char-RNN (the origin's sample.py, without a server).
+"""Offline sampling from a registered char-RNN, without a server.
 
-    python -m models.sample --name shakespeare --prime "ROMEO:" --max_length 1000 \
+    python -m sampling --name shakespeare --prime "ROMEO:" --max_length 1000 \
         --temperature 0.8 --top_k 5 --seed 1
 
-Runs the same runner and sampler as the Generator deployment, so a seed gives the same text
+Runs the same runner and engine as the Generator deployment, so a seed gives the same text
 offline and over HTTP.
 """
 
@@ -13,14 +13,15 @@ import argparse
 import asyncio
 import sys
 
+from models.artifacts import load_charrnn
 from models.config import SampleConfig
+from models.flags import add_config_flags, config_from_flags
+from models.runner import StepRunner
+from registry import NotFound, Registry, Settings
+from sampling.engine import SamplingEngine
 
 
 async def _generate(directory: str, sample: SampleConfig) -> str:
-    from deployments.engine import SamplingEngine
-    from models.artifacts import load_charrnn
-    from models.runner import StepRunner
-
     model, config, vocab = load_charrnn(directory)
     engine = SamplingEngine(StepRunner.from_model(model, config), vocab, max_batch=1)
     loop = asyncio.create_task(engine.run())
@@ -32,21 +33,16 @@ async def _generate(directory: str, sample: SampleConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from registry import NotFound, Registry, Settings
-    from trainers.cli import add_config_flags, config_from_flags
-
-    parser = argparse.ArgumentParser(prog="python -m models.sample", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m sampling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="model name in the registry")
     parser.add_argument("--version", type=int, default=None, help="default: production")
-    parser.add_argument("--storage", default=None, help="storage root (env RNNSERVE_STORAGE)")
-    parser.add_argument("--db_url", default=None, help="registry database (env RNNSERVE_DB_URL)")
+    Settings.add_flags(parser)
     add_config_flags(parser, SampleConfig)
     args = parser.parse_args(argv)
     try:
         sample = config_from_flags(SampleConfig, args)
-        overrides = {k: v for k, v in {"storage": args.storage, "db_url": args.db_url}.items() if v}
-        registry = Registry(Settings.from_env(**overrides))
+        registry = Registry(Settings.from_flags(args))
         record, directory = registry.fetch_version(args.name, args.version)
     except (ValueError, NotFound) as error:
         print(f"error: {error}", file=sys.stderr)

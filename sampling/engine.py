@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deployments.engine.scheduler import Scheduler, Sequence
 from models.config import SampleConfig
 from models.runner import StepRunner
 from models.vocab import Vocab
+from sampling.scheduler import Scheduler, Sequence
 
 logger = logging.getLogger(__name__)
 
