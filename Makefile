@@ -58,13 +58,13 @@ lint: $(BIN)/.installed
 bench: bench-train bench-sampling bench-classifier bench-e2e
 
 bench-train: $(BIN)/.installed
-	$(PY) -m loadtest.bench_train
+	$(PY) -m benchmarks.bench_train
 
 bench-sampling: $(BIN)/.installed
-	$(PY) -m loadtest.bench_sampling
+	$(PY) -m benchmarks.bench_sampling
 
 bench-classifier: $(BIN)/.installed
-	$(PY) -m loadtest.bench_classifier
+	$(PY) -m benchmarks.bench_classifier
 
 loadtest: $(BIN)/.installed
 	$(PY) -m loadtest.run_load --users 32 --seconds 60

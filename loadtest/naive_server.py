@@ -1,11 +1,12 @@
-"""A naive text-generation server, for comparison only (the origin's Flask design).
+"""A naive text-generation server, for comparison only.
 
     python -m loadtest.naive_server --name bard --port 8100
 
 One process, the model loaded at start, a thread per request, and each request runs its own
-sampling loop of compiled batch-1 steps: no batching across requests. It speaks enough of the
-rnnserve API (`GET /models`, `POST /models/{name}/generate`, plain or streamed) for
-loadtest/locustfile.py to drive it unchanged.
+sampling loop of compiled batch-1 steps (`benchmarks.baseline`, the reference's way of
+sampling): no batching across requests. It speaks enough of the rnnserve API (`GET /models`,
+`POST /models/{name}/generate`, plain or streamed) for loadtest/locustfile.py to drive it
+unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from loadtest.baseline import PerRequestSampler
+from benchmarks.baseline import PerRequestSampler
 from models.artifacts import load_charrnn
 from registry import Registry, Settings
 

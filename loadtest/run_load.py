@@ -23,11 +23,10 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks import REPO, RESULTS, SHARED_DATA
+
 BIN = Path(sys.executable).parent
-SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
-REPORTS = REPO / "results" / "loadtest"
-RESULTS = REPO / "benchmarks" / "results"
+REPORTS = REPO / "results" / "loadtest"  # locust's CSV and HTML reports
 SEED_MODEL = "loadtest-bard"
 LENGTH = 200  # characters per generate request (RNNSERVE_LOAD_LENGTH for the locustfile)
 

@@ -28,6 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `restarts_cluster` run after every other test: they replace the session's
+    Ray cluster, which the others share. The sort is stable, so the rest keep their order."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
+
+
 @pytest.fixture(scope="session")
 def shakespeare() -> str:
     return (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")

@@ -1,6 +1,6 @@
 """Classifier benchmark: MNIST read row by row, 8,000 digits to train, the other 2,000 to test.
 
-    python -m loadtest.bench_classifier        # or: make bench-classifier
+    python -m benchmarks.bench_classifier        # or: make bench-classifier
 
 Trains through the real trainer (Ray Train) on the first 8,000 of the t10k digits (10% of them
 held out for validation and checkpoint selection), then evaluates the registered version on the
@@ -14,13 +14,12 @@ import json
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-MNIST = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data")) / "mnist"
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks import RESULTS, SHARED_DATA
+
+MNIST = SHARED_DATA / "mnist"
 CONFIG = ["--num_hidden", "128", "--num_layers", "1", "--dropout", "0.2", "--batch_size", "128",
           "--learning_rate", "0.002", "--lr_decay", "0.05", "--val_frac", "0.1", "--save_every_n", "250",
           "--log_every_n", "50", "--cpus_per_worker", "2"]

@@ -1,11 +1,13 @@
 """Training benchmark: throughput with 1 and 2 workers, validation loss against wall-clock time.
 
-    python -m loadtest.bench_train [--minutes_a 9] [--minutes_b 20]   # or: make bench-train
+    python -m benchmarks.bench_train [--minutes_a 9] [--minutes_b 20]   # or: make bench-train
 
 On tinyshakespeare with the last 5% held out (--val_frac 0.05), through the real trainer
-(`trainers.charrnn.main`, Ray Train), for (a) the origin's default model (2x128 LSTM, one-hot,
-num_seqs 32, num_steps 50, learning rate 0.01) and (b) a larger model of ours. Reads the
-validation curve back from the registry's training log and writes
+(`trainers.charrnn.main`, Ray Train), for (a) the reference's default model (2x128 LSTM,
+one-hot, num_seqs 32, num_steps 50, learning rate 0.01) and (b) a larger model of ours. Every
+figure comes from the metrics the trainer reported with its checkpoints (step, elapsed_s,
+items_per_s, val_loss...): the registered version's metrics for the best checkpoint, and the
+metrics of every checkpoint for the validation curve and the throughput. Writes
 benchmarks/results/training.json and training.png.
 """
 
@@ -14,22 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks import RESULTS, SHARED_DATA
 
-ORIGIN = ["--lstm_size", "128", "--num_layers", "2", "--num_seqs", "32", "--num_steps", "50",
-          "--learning_rate", "0.01", "--train_keep_prob", "0.5"]
+# (a) The reference's default model and hyperparameters.
+REFERENCE_DEFAULT = ["--lstm_size", "128", "--num_layers", "2", "--num_seqs", "32",
+                     "--num_steps", "50", "--learning_rate", "0.01", "--train_keep_prob", "0.5"]
+# (b) A larger model of ours.
 OURS = ["--lstm_size", "256", "--num_layers", "2", "--use_embedding", "--embedding_size", "64",
         "--num_seqs", "32", "--num_steps", "64", "--learning_rate", "0.004", "--lr_decay", "0.1",
         "--train_keep_prob", "0.9"]
-CHECKPOINT = re.compile(r"checkpoint: step (\d+) (?:epoch [\d.]+ )?elapsed_s ([\d.]+) "
-                        r".*items_per_s ([\d.]+) val_loss ([\d.]+)")
+# How the trainer's log shows the metrics it reports with a checkpoint: name-value pairs.
+CHECKPOINT_LINE = "checkpoint: "
 
 
 def train(storage: str, name: str, model_flags: list[str], workers: int, minutes: float,
@@ -47,15 +48,31 @@ def train(storage: str, name: str, model_flags: list[str], workers: int, minutes
     if ready_run(registry, name) is None and charrnn.main(args) != 0:  # reuse a finished run
         raise RuntimeError(f"training {name} failed")
     wall = time.perf_counter() - started
-    record = registry.get_version(name, 1)
-    curve = [{"step": int(m[1]), "minutes": float(m[2]) / 60, "chars_per_s": float(m[3]),
-              "val_loss": float(m[4])}
-             for line in registry.read_logs(name, 1, limit=100_000) if (m := CHECKPOINT.match(line))]
+    best = registry.get_version(name, 1).metrics  # the registered (best) checkpoint's metrics
+    curve = [{"step": int(m["step"]), "minutes": m["elapsed_s"] / 60,
+              "chars_per_s": m["items_per_s"], "val_loss": m["val_loss"]}
+             for m in checkpoint_metrics(registry, name, 1)]
     # Throughput after the first window, which includes graph tracing.
     steady = [point["chars_per_s"] for point in curve[1:]] or [curve[0]["chars_per_s"]]
-    return {"name": name, "workers": workers, "flags": model_flags, "params": record.metrics["params"],
+    return {"name": name, "workers": workers, "flags": model_flags, "params": best["params"],
             "wall_s": wall, "chars_per_s": sum(steady) / len(steady), "curve": curve,
-            "best_val_loss": record.metrics.get("val_loss")}
+            "best_val_loss": best.get("val_loss")}
+
+
+def checkpoint_metrics(registry, name: str, version: int) -> list[dict]:
+    """The metrics the trainer reported to Ray Train with each checkpoint of the version, in
+    order, as {name: number}.
+
+    The registry keeps only the best checkpoint's metrics (as the version's) and Ray Train only
+    the checkpoints it retains, so the whole series is read from the version's training log,
+    where the trainer writes each report as one line of name-value pairs."""
+    series = []
+    for line in registry.read_logs(name, version, limit=100_000):
+        if line.startswith(CHECKPOINT_LINE):
+            fields = line.removeprefix(CHECKPOINT_LINE).split()
+            series.append({key: float(value)
+                           for key, value in zip(fields[::2], fields[1::2], strict=True)})
+    return series
 
 
 def ready_run(registry, name: str):
@@ -103,18 +120,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     storage = args.storage or tempfile.mkdtemp(prefix="rnnserve-bench-")
     runs = [
-        train(storage, "origin-1w", ORIGIN, 1, args.minutes_a, 200),
-        train(storage, "origin-2w", ORIGIN, 2, args.minutes_throughput, 200),
+        train(storage, "ref-default-1w", REFERENCE_DEFAULT, 1, args.minutes_a, 200),
+        train(storage, "ref-default-2w", REFERENCE_DEFAULT, 2, args.minutes_throughput, 200),
         train(storage, "ours-1w", OURS, 1, args.minutes_b, 200),
         train(storage, "ours-2w", OURS, 2, args.minutes_throughput, 100),
     ]
-    origin, ours = runs[0], runs[2]
+    reference_default, ours = runs[0], runs[2]
     summary = {
-        "origin_1w_chars_per_s": origin["chars_per_s"],
-        "origin_2w_chars_per_s": runs[1]["chars_per_s"],
-        "origin_vs_reference_18200": origin["chars_per_s"] / 18_200,
-        "origin_val_at_1.6_min": loss_at(origin["curve"], 1.6),
-        "origin_val_at_9_min": loss_at(origin["curve"], 9),
+        "ref_default_1w_chars_per_s": reference_default["chars_per_s"],
+        "ref_default_2w_chars_per_s": runs[1]["chars_per_s"],
+        # 18,200 chars/s: the reference's own TF1 code on this machine (BENCHMARKS.md).
+        "ref_default_vs_reference_code_18200": reference_default["chars_per_s"] / 18_200,
+        "ref_default_val_at_1.6_min": loss_at(reference_default["curve"], 1.6),
+        "ref_default_val_at_9_min": loss_at(reference_default["curve"], 9),
         "ours_1w_chars_per_s": ours["chars_per_s"],
         "ours_2w_chars_per_s": runs[3]["chars_per_s"],
         "ours_val_at_9_min": loss_at(ours["curve"], 9),

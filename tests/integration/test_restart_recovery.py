@@ -1,6 +1,7 @@
 """Stop the whole app, Ray included, and start it again on the same storage and database:
 every ready model is still listed and servable, and a job that was running is not left
-`training` forever. Runs last (its file name sorts last): it replaces the session cluster."""
+`training` forever. Marked `restarts_cluster`, so it runs after every other test
+(tests/conftest.py): it replaces the session cluster."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import requests
 
 from tests.conftest import deploy_app, start_ray_head, stop_ray, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.restarts_cluster]
 
 
 def status_of(registry, name: str, version: int) -> str | None:

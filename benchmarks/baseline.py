@@ -1,5 +1,6 @@
-"""The origin's sampler, for comparison only: one sequence at a time, a compiled batch-1 step
-per character (tf.function over the Keras cells), NumPy sampling. No cross-request batching."""
+"""The reference's way of sampling, for comparison only (the sampling benchmark's baseline and
+the naive server of the load test): one sequence at a time, a compiled batch-1 step per
+character (tf.function over the Keras cells), NumPy sampling. No cross-request batching."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Sampling throughput: FLOP ceiling vs a per-request baseline vs the continuous-batching engine.
 
-    python -m loadtest.bench_sampling            # or: make bench-sampling
+    python -m benchmarks.bench_sampling            # or: make bench-sampling
 
-For the 2x512 LSTM (tinyshakespeare vocabulary) and the origin's default 2x128 one-hot LSTM,
+For the 2x512 LSTM (tinyshakespeare vocabulary) and the reference's default 2x128 one-hot LSTM,
 in one run on this machine: (a) the FLOP ceiling, measured matmul GFLOP/s divided by the
 model's FLOPs per character; (b) the baseline, 64 requests served one at a time, each sampling
 its own sequence with a compiled (tf.function) batch-1 step, no cross-request batching;
@@ -22,16 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtest.baseline import PerRequestSampler
+from benchmarks import RESULTS, SHARED_DATA
+from benchmarks.baseline import PerRequestSampler
 from models.charrnn import build_charrnn
 from models.config import CharRNNConfig, SampleConfig
 from models.runner import StepRunner
 from models.vocab import Vocab
 from sampling import SamplingEngine
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def matmul_gflops(batch: int, units: int, seconds: float = 2.0) -> float:
@@ -49,7 +46,7 @@ def matmul_gflops(batch: int, units: int, seconds: float = 2.0) -> float:
 
 
 def baseline_chars_per_s(model, config: CharRNNConfig, requests: int, length: int) -> float:
-    """The origin's design: each request runs its own loop of compiled batch-1 steps."""
+    """The reference's design: each request runs its own loop of compiled batch-1 steps."""
     sampler = PerRequestSampler(model, config)
     started = time.perf_counter()
     for request in range(requests):
@@ -161,10 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
     vocab = Vocab.from_text(text, 3500)
     big = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=512)
-    origin = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=128)
+    reference_default = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=128)
     results = [
         bench_model("2x512 LSTM", big, vocab, [1, 8, 64, 256], baseline=True, quick=args.quick),
-        bench_model("2x128 LSTM one-hot (origin default)", origin, vocab, [1, 64],
+        bench_model("2x128 LSTM one-hot (reference default)", reference_default, vocab, [1, 64],
                     baseline=True, quick=args.quick),
     ]
     for result in results:
