@@ -4,36 +4,51 @@
     serve run deployments.app:build_app storage=/mnt/shared
 
 Deployment options (replicas, autoscaling, resources) live in serve_config.yaml; `args`
-carries what the code needs: storage/db settings, limits and engine sizes.
+carries what the code needs: storage/db settings, limits and engine sizes. Serve validates
+them against `AppArgs` before calling the builder, so a typo fails the deploy.
 """
 
-from __future__ import annotations
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.classifier import Classifier
 from deployments.generator import Generator
 from deployments.ingress import Ingress
 from deployments.limits import Limits
+from models.config import parse_config
 
 
-def build_app(args: dict | None = None):
-    args = dict(args or {})
-    settings = {k: args[k] for k in ("storage", "db_url", "s3_endpoint") if args.get(k)}
-    limits = Limits.from_dict(args.get("limits") or {})  # validated here: a typo fails the deploy
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    storage: str | None = Field(None, description="storage root (default: RNNSERVE_STORAGE)")
+    db_url: str | None = Field(None, description="registry database (default: RNNSERVE_DB_URL)")
+    s3_endpoint: str | None = None
+    dashboard_address: str | None = Field(None, description="job submission address "
+                                          "(default: this replica's own cluster)")
+    max_models_per_replica: int = Field(4, ge=1, description="models each Generator/Classifier "
+                                        "replica keeps loaded (LRU)")
+    max_batch: int = Field(64, ge=1, description="sequences sampled together per step")
+    max_waiting: int = Field(512, ge=0, description="queued requests per model before 503")
+    classifier_max_batch: int = Field(64, ge=1, description="examples per classifier batch")
+    classifier_batch_wait_s: float = Field(0.005, ge=0, description="wait to fill a batch")
+    limits: dict[str, Any] = Field(default_factory=dict, description="see deployments/limits.py")
+
+
+def build_app(args: AppArgs):
+    settings = args.model_dump(include={"storage", "db_url", "s3_endpoint"}, exclude_none=True)
+    limits = parse_config(Limits, args.limits)  # parsed once, here: a bad limit fails the deploy
     generator = Generator.bind(
-        settings=settings,
-        max_models_per_replica=int(args.get("max_models_per_replica", 4)),
-        max_batch=int(args.get("max_batch", 64)),
-        max_waiting=int(args.get("max_waiting", 512)),
-        generation_timeout_s=limits.generation_timeout_s,
-    )
+        settings=settings, max_models_per_replica=args.max_models_per_replica,
+        max_batch=args.max_batch, max_waiting=args.max_waiting,
+        generation_timeout_s=limits.generation_timeout_s)
     classifier = Classifier.bind(
-        settings=settings,
-        max_models_per_replica=int(args.get("max_models_per_replica", 4)),
-        max_batch_size=int(args.get("classifier_max_batch", 64)),
-        batch_wait_timeout_s=float(args.get("classifier_batch_wait_s", 0.005)))
-    return Ingress.bind(generator, classifier, settings=settings,
-                        limits=args.get("limits") or {},
-                        dashboard_address=args.get("dashboard_address"))
+        settings=settings, max_models_per_replica=args.max_models_per_replica,
+        max_batch_size=args.classifier_max_batch,
+        batch_wait_timeout_s=args.classifier_batch_wait_s)
+    return Ingress.bind(generator, classifier, settings=settings, limits=limits,
+                        dashboard_address=args.dashboard_address)
 
 
 app = build_app

@@ -11,8 +11,8 @@ import asyncio
 import numpy as np
 from ray import serve
 
-from deployments.generator import enable_gpu_memory_growth
 from models.artifacts import load_classifier
+from models.devices import enable_gpu_memory_growth
 from registry import Registry, Settings, parse_model_ref
 
 
@@ -30,10 +30,10 @@ class LoadedClassifier:
 
 @serve.deployment
 class Classifier:
-    def __init__(self, settings: dict | None = None, max_models_per_replica: int = 4,
-                 max_batch_size: int = 64, batch_wait_timeout_s: float = 0.005):
+    def __init__(self, settings: dict, max_models_per_replica: int, max_batch_size: int,
+                 batch_wait_timeout_s: float):
         enable_gpu_memory_growth()
-        self.registry = Registry(Settings.from_env(**(settings or {})))
+        self.registry = Registry(Settings.from_env(**settings))
 
         async def load(model_id: str) -> LoadedClassifier:
             name, version = parse_model_ref(model_id)
@@ -44,7 +44,7 @@ class Classifier:
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    @serve.batch  # sized in __init__, from the app's arguments
     async def predict_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
         model = await self.get_model(serve.get_multiplexed_model_id())
         sizes = [len(b) for b in batches]

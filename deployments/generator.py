@@ -18,17 +18,10 @@ from deployments.errors import Overloaded
 from deployments.metrics import GeneratorMetrics
 from models.artifacts import load_charrnn
 from models.config import SampleConfig
+from models.devices import enable_gpu_memory_growth
 from models.runner import StepRunner
 from registry import Registry, Settings, parse_model_ref
 from sampling import QueueFull, SamplingEngine
-
-
-def enable_gpu_memory_growth() -> None:
-    """Several models share a GPU replica: let TensorFlow grow memory instead of taking it all."""
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)
 
 
 class LoadedModel:
@@ -46,11 +39,10 @@ class LoadedModel:
 
 @serve.deployment
 class Generator:
-    def __init__(self, settings: dict | None = None, max_models_per_replica: int = 4,
-                 max_batch: int = 64, max_waiting: int = 512,
-                 generation_timeout_s: float = 120.0):
+    def __init__(self, settings: dict, max_models_per_replica: int, max_batch: int,
+                 max_waiting: int, generation_timeout_s: float):
         enable_gpu_memory_growth()
-        self.registry = Registry(Settings.from_env(**(settings or {})))
+        self.registry = Registry(Settings.from_env(**settings))
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.generation_timeout_s = generation_timeout_s
         self.metrics = GeneratorMetrics()

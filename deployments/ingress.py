@@ -1,4 +1,4 @@
-"""The HTTP front door (FastAPI under @serve.ingress): the contract in DESIGN.md.
+"""The HTTP front door (FastAPI under @serve.ingress): the routes documented at /docs.
 
 The ingress owns no model: it validates input, talks to the registry and the job client, and
 routes generation/prediction to the Generator/Classifier deployments with a multiplexed model
@@ -19,12 +19,12 @@ from ray import serve
 from deployments.auth import check_api_key
 from deployments.errors import ApiError, Overloaded, install_error_handlers
 from deployments.guards import BODY_TOO_LARGE, RequestGuards
-from deployments.jobs import TrainingJobs
 from deployments.limits import Limits
 from deployments.metrics import JobMetrics
 from deployments.predict_input import parse_predict_body
 from deployments.schemas import GenerateRequest, PromoteRequest, sample_config
-from registry import Registry, Settings, parse_model_ref, validate_name
+from deployments.training_jobs import TrainingJobs
+from registry import ACTIVE, PRODUCTION, Registry, Settings, format_model_ref, validate_name
 from trainers.families import FAMILIES
 
 logger = logging.getLogger("ray.serve")
@@ -47,25 +47,31 @@ async def _prepend(first: str, rest):
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, generator, classifier, settings: dict | None = None,
-                 limits: dict | None = None, dashboard_address: str | None = None,
-                 job_sync_interval_s: float = 5.0):
-        self.settings = Settings.from_env(**(settings or {}))
+    def __init__(self, generator, classifier, settings: dict, limits: Limits,
+                 dashboard_address: str | None = None, job_sync_interval_s: float = 5.0):
+        self.settings = Settings.from_env(**settings)
         self.registry = Registry(self.settings)
-        self.limits = Limits.from_dict(limits or {})
-        app.add_middleware(RequestGuards, max_upload_bytes=self.limits.max_upload_bytes,
-                           limiters=self.limits.rate_limiters(), api_key=self.settings.api_key)
+        self.limits = limits
         self.generator = generator
         self.classifier = classifier
-        self.jobs = TrainingJobs(self.settings, dashboard_address)
+        self.jobs = TrainingJobs(self.registry, self.settings, dashboard_address)
         self.job_metrics = JobMetrics()
         self._sync_task = asyncio.get_event_loop().create_task(self._sync_jobs(job_sync_interval_s))
+
+    def __serve_build_asgi_app__(self):
+        """This replica's copy of the app with the guards in front: their limits come from
+        the deployment's arguments, so they are added here, after the constructor, to the
+        replica's own app rather than to the module's."""
+        self.app.add_middleware(RequestGuards, max_upload_bytes=self.limits.max_upload_bytes,
+                                limiters=self.limits.rate_limiters(),
+                                api_key=self.settings.api_key)
+        return self.app
 
     async def _sync_jobs(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.jobs.sync_statuses, self.registry)
+                await asyncio.to_thread(self.jobs.sync_statuses)
                 await asyncio.to_thread(self.job_metrics.record, self.registry.list_models(),
                                         self.registry.list_versions)
             except Exception:  # noqa: BLE001 - a failed poll must not end the loop
@@ -107,29 +113,9 @@ class Ingress:
         data = await file.read(self.limits.max_upload_bytes + 1)
         if len(data) > self.limits.max_upload_bytes:
             raise ApiError(413, f"upload larger than {self.limits.max_upload_bytes} bytes")
-        self.limits.check_upload(family, data, params)
-        init_from = params.get("init_from")
-        if init_from:
-            try:
-                self.registry.get_version(*parse_model_ref(init_from))
-            except ValueError as error:
-                raise ApiError(400, str(error)) from None
-        relpath = self.registry.artifacts.upload_path(name, file.filename or "upload")
-        await asyncio.to_thread(self.registry.artifacts.put_bytes, relpath, data)
-        try:
-            record = self.registry.create_version(name, kind, {**params, "input_file": relpath})
-        except Exception:
-            self.registry.artifacts.delete(relpath)
-            raise
-        try:
-            job_id = await asyncio.to_thread(self.jobs.submit, family, record, relpath, params)
-        except Exception as error:  # noqa: BLE001 - the version must not stay queued forever
-            self.registry.append_logs(name, record.version, [f"job submission failed: {error}"])
-            self.registry.update_version(name, record.version, status="failed")
-            raise ApiError(503, "could not submit the training job", str(error)) from None
-        self.registry.update_version(name, record.version, job_id=job_id)
-        return JSONResponse({"name": name, "version": record.version, "job_id": job_id,
-                             "status": "queued", "kind": kind}, status_code=202)
+        record = await self.jobs.start(family, name, file.filename or "upload", data, params)
+        return JSONResponse({"name": name, "version": record.version, "job_id": record.job_id,
+                             "status": record.status, "kind": kind}, status_code=202)
 
     @app.get("/models")
     async def list_models(self) -> dict:
@@ -150,15 +136,15 @@ class Ingress:
     @app.post("/models/{name}/promote")
     async def promote(self, name: str, body: PromoteRequest, request: Request) -> dict:
         self._authorize(request)
-        self.registry.set_alias(validate_name(name), "production", body.version)
-        self.registry.append_logs(name, body.version, ["promoted to production by request"])
-        return {"name": name, "production": body.version}
+        self.registry.set_alias(validate_name(name), PRODUCTION, body.version)
+        self.registry.append_logs(name, body.version, [f"promoted to {PRODUCTION} by request"])
+        return {"name": name, PRODUCTION: body.version}
 
     @app.post("/models/{name}/versions/{version}/cancel")
     async def cancel(self, name: str, version: int, request: Request) -> dict:
         self._authorize(request)
         record = self.registry.get_version(validate_name(name), version)
-        if record.status not in ("queued", "training"):
+        if record.status not in ACTIVE:
             raise ApiError(409, f"version {version} is {record.status}, not running")
         if record.job_id:
             try:
@@ -173,7 +159,7 @@ class Ingress:
     async def delete(self, name: str, request: Request) -> dict:
         self._authorize(request)
         for record in self.registry.list_versions(validate_name(name)):
-            if record.status in ("queued", "training") and record.job_id:
+            if record.status in ACTIVE and record.job_id:
                 try:
                     await asyncio.to_thread(self.jobs.stop, record.job_id)
                 except Exception as error:  # noqa: BLE001
@@ -189,7 +175,7 @@ class Ingress:
         if record.status != "ready":
             raise ApiError(409, f"version {record.version} of {name} is {record.status}, "
                                 "not ready")
-        return record, f"{name}:{record.version}"
+        return record, format_model_ref(name, record.version)
 
     @app.post("/models/{name}/generate")
     async def generate(self, name: str, body: GenerateRequest):

@@ -1,7 +1,8 @@
 """Parsing `POST /models/{name}/predict` bodies into a batch for the classifier.
 
 Accepted: `{"data": x}` where x is one example (a flat list of T*F numbers or a T x F nested
-list) or a list of examples, and a bare JSON array of T*F numbers (the origin's clients).
+list) or a list of examples, and a bare JSON array of T*F numbers (as the reference MNIST
+server's clients send).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from numbers import Real
 
 import numpy as np
+
+from models.inputs import scale_pixels
 
 
 def _is_number(value) -> bool:
@@ -62,8 +65,6 @@ def parse_predict_body(body, timesteps: int, features: int,
         raise ValueError("data holds NaN or infinite values")
     if np.abs(x).max() > 1e6:
         raise ValueError("data values must be within [-1e6, 1e6]")
-    if x.max() > 1.0:  # 0..255 pixels, as the trainer scales them
-        x = x / 255.0
-    return x.astype(np.float32), batched
+    return scale_pixels(x).astype(np.float32), batched
 
 

@@ -1,12 +1,14 @@
-"""Reading and writing a version's artifact directory (the layout in DESIGN.md).
+"""Reading and writing a version's artifact directory.
 
-`config.json` (kind, architecture, training params), `vocab.json`, `model.weights.h5`,
-`metrics.json`. Only weights are stored as HDF5; everything a loader must trust is JSON, so
+`config.json` (kind, architecture, training params), `model.weights.h5`, `metrics.json`;
+char-RNNs also `vocab.json`, classifiers `saved_model/` (servable by TF Serving as is).
+Only weights are stored as HDF5; everything a loader must trust is JSON, so
 loading a model never executes code from the artifact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -17,11 +19,20 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 WEIGHTS_FILE = "model.weights.h5"
 METRICS_FILE = "metrics.json"
+SAVED_MODEL_DIR = "saved_model"
 
 
 def write_json(directory: str, filename: str, data: dict) -> None:
     with open(os.path.join(directory, filename), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def write_version_files(directory: str, kind: str, model_config, run_config,
+                        metrics: dict) -> None:
+    """The files every version has beside its weights: what it is, and how well it did."""
+    write_json(directory, CONFIG_FILE, {"kind": kind, "model": dataclasses.asdict(model_config),
+                                        "train": dataclasses.asdict(run_config)})
+    write_json(directory, METRICS_FILE, metrics)
 
 
 def read_json(directory: str, filename: str) -> dict:

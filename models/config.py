@@ -77,8 +77,8 @@ class TrainConfig(RunConfig):
 class ClassifierConfig:
     """Architecture of an LSTM sequence classifier (e.g. MNIST read row by row)."""
 
-    timesteps: int = param(28, "sequence length (image rows)", 1, 10_000)
-    features: int = param(28, "values per step (image columns)", 1, 10_000)
+    timesteps: int = param(0, "sequence length (image rows); 0: the data's", 0, 10_000)
+    features: int = param(0, "values per step (image columns); 0: the data's", 0, 10_000)
     num_hidden: int = param(128, "LSTM units per layer", 4, 4096)
     num_layers: int = param(1, "stacked LSTM layers", 1, 8)
     classes: int = param(10, "number of labels", 2, 100_000)

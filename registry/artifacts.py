@@ -1,7 +1,8 @@
 """Artifact storage over a local path (or NFS mount) or any pyarrow filesystem URI (s3://).
 
-Layout under the root: `uploads/<name>/<id>-<file>` for training data, `models/<name>/v<N>/`
-for a version's artifacts, `runs/` for Ray Train checkpoints.
+Layout under the root, owned by this class: `uploads/<name>/<id>-<file>` for training data,
+`models/<name>/v<N>/` for a version's artifacts, `runs/<name>/` for its Ray Train runs
+(checkpoints), so everything a model stores is found (and deleted) by its name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterable
 from urllib.parse import urlparse
 
 from pyarrow import fs as pafs
+
+_VERSIONS, _UPLOADS, _RUNS = "models", "uploads", "runs"
 
 
 def _safe_filename(filename: str) -> str:
@@ -63,10 +66,18 @@ class ArtifactStore:
         return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts]])
 
     def version_path(self, name: str, version: int) -> str:
-        return f"models/{name}/v{version}"
+        return f"{_VERSIONS}/{name}/v{version}"
 
     def upload_path(self, name: str, filename: str) -> str:
-        return f"uploads/{name}/{uuid.uuid4().hex[:12]}-{_safe_filename(filename)}"
+        return f"{_UPLOADS}/{name}/{uuid.uuid4().hex[:12]}-{_safe_filename(filename)}"
+
+    def runs_path(self, name: str) -> str:
+        """Folder of a model's training runs (each trainer names its runs inside it)."""
+        return f"{_RUNS}/{name}"
+
+    def delete_model_files(self, name: str) -> None:
+        for folder in (_VERSIONS, _UPLOADS, _RUNS):
+            self.delete(f"{folder}/{name}")
 
     def exists(self, relpath: str) -> bool:
         fs, _ = self.filesystem()

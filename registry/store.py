@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +28,8 @@ from registry.names import validate_name
 from registry.settings import Settings
 
 STATUSES = ("queued", "training", "ready", "failed", "cancelled")
+ACTIVE = ("queued", "training")  # a job may still be working on the version
+PRODUCTION = "production"  # the alias served when a request names no version
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 # Transient errors of concurrent writers on SQLite, PostgreSQL and MySQL/MariaDB.
 TRANSIENT = ("locked", "already exists", "deadlock", "could not serialize", "duplicate",
@@ -150,7 +151,7 @@ class Registry:
     def create_version(self, name: str, kind: str = "charrnn", params: dict | None = None,
                        status: str = "queued") -> VersionRecord:
         validate_name(name)
-        if status not in ("queued", "training"):
+        if status not in ACTIVE:
             raise ValueError(f"a new version starts queued or training, not {status}")
 
         def attempt() -> VersionRecord:
@@ -178,7 +179,7 @@ class Registry:
         with self.engine.connect() as conn:
             model = self._model_row(conn, name)
             if version is None:
-                version = self._alias_version(conn, model.id, "production")
+                version = self._alias_version(conn, model.id, PRODUCTION)
             if version is None:
                 version = conn.execute(sa.select(sa.func.max(schema.versions.c.version)).where(
                     schema.versions.c.model_id == model.id,
@@ -284,7 +285,7 @@ class Registry:
         model = self.get_model(name)
         versions = model["versions"]
         latest = versions[-1] if versions else None
-        production = model["aliases"].get("production")
+        production = model["aliases"].get(PRODUCTION)
         shown = next((v for v in versions if v["version"] == production), None) or next(
             (v for v in reversed(versions) if v["status"] == "ready"), None)
         return {"name": name, "kind": model["kind"], "created_at": model["created_at"],
@@ -311,13 +312,7 @@ class Registry:
             conn.execute(schema.aliases.delete().where(schema.aliases.c.model_id == model.id))
             conn.execute(schema.versions.delete().where(schema.versions.c.model_id == model.id))
             conn.execute(schema.models.delete().where(schema.models.c.id == model.id))
-        self.artifacts.delete(f"models/{name}")
-        self.artifacts.delete(f"uploads/{name}")
-        # Ray Train checkpoints: runs/<name>-v<N>-<creation time> (trainers/ray_run.run_name).
-        own_run = re.compile(rf"{re.escape(name)}-v\d+-\d{{8}}T\d{{12}}")
-        for run in self.artifacts.list("runs"):
-            if own_run.fullmatch(run):
-                self.artifacts.delete(f"runs/{run}")
+        self.artifacts.delete_model_files(name)
 
     # ---- aliases --------------------------------------------------------------------------
     @staticmethod

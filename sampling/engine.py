@@ -103,7 +103,6 @@ class SamplingEngine:
         self.start_id = vocab.encode("\n")[0] if "\n" in vocab.chars else 0
         self.handles: dict[int, SequenceHandle] = {}
         self.occupancy: list[int] = []  # batch size of each step since the last drain
-        self.chars_generated = 0
         # Output of the steps run since the last delivery, handed to the handles on the event
         # loop in one go: a thread-safe wake-up per character cost more than the step itself.
         self._chars: dict[SequenceHandle, list[str]] = {}
@@ -153,7 +152,6 @@ class SamplingEngine:
                 if len(sequence.generated) >= sequence.max_length:
                     self.scheduler.retire(sequence)
                     self._end(sequence, "length")
-            self.chars_generated += len(sampling)
         self.occupancy.append(len(running))
         return len(running)
 

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from trainers.job import UserError
+from models.inputs import scale_pixels
+from trainers.training_job import UserError
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -56,8 +57,7 @@ def prepare(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise UserError("x holds NaN or infinite values")
-    if x.max() > 1.0:
-        x = x / 255.0
+    x = scale_pixels(x)
     if y.min() < 0 or y.max() >= classes:
         raise UserError(f"labels must be in [0, {classes}); found {int(y.min())}..{int(y.max())}")
     return x, y.astype(np.int32)

@@ -2,8 +2,9 @@
 
 Keras `model.fit` fails under MultiWorkerMirroredStrategy with Keras 3 (a PerReplica
 conversion error), so this is a custom loop: `strategy.run` + `GradientTape`. A family
-supplies a `LoopTask` (model, per-worker batches, loss, evaluation); this module owns the
-strategy, checkpoint save/restore, reporting to Ray Train and the training log.
+supplies a `LoopTask` (model, per-worker batches, loss, evaluation) built from the
+`WorkerPayload` every worker receives; this module owns the strategy, checkpoint
+save/restore, reporting to Ray Train and the training log.
 
 Checkpoints hold `model.weights.h5`, the optimizer's variables (`optimizer.npz`) and
 `state.json` (step, metrics), so a restarted worker group continues at the saved step with
@@ -19,32 +20,42 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from models.artifacts import WEIGHTS_FILE
 from models.config import RunConfig
 
-WEIGHTS_FILE = "model.weights.h5"
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class WorkerPayload:
+    """What each Ray Train worker receives, the same shape for every family."""
+
+    model: Any  # the family's model config
+    run: RunConfig  # learning rate, steps, checkpoint/log cadence, time budget
+    data: tuple  # the family's prepared arrays: training, then validation
+    log: Callable[[str], None]  # writes a training log line (rank 0 writes)
+    deadline: float | None = None  # time.time() after which the run stops with an error
+    init_weights: bytes | None = None  # weights file to start from (continued training)
 
 
 @dataclass
 class LoopTask:
     """What differs between model families; everything else is in `run_training_loop`."""
 
+    payload: WorkerPayload
     build_model: Callable[[], object]  # -> keras.Model, called inside strategy.scope()
-    # (worker_index, num_workers, start_step) -> iterator of (x, y) numpy batches for this worker
-    batches: Callable[[int, int, int], Iterator[tuple[np.ndarray, np.ndarray]]]
+    # (worker_index, start_step) -> iterator of (x, y) numpy batches for this worker
+    batches: Callable[[int, int], Iterator[tuple[np.ndarray, np.ndarray]]]
     per_example_loss: Callable  # (y, model_output) -> loss per example, shape [batch]
     evaluate: Callable[[object], dict]  # model -> validation metrics (floats)
     global_batch_size: int  # examples per step summed over workers
     items_per_example: int  # characters (or sequences) one example stands for, for throughput
     examples_per_epoch: int  # training examples in one pass over the data (for `epoch`)
-    run: RunConfig  # learning rate, steps, checkpoint/log cadence, time budget
-    log: Callable[[str], None]  # writes a training log line (the family decides where)
-    score_name: str  # metric by which checkpoints are ranked, e.g. "val_loss"
-    deadline: float | None = None  # time.time() after which the run stops with an error
 
 
 class TrainingTimeout(RuntimeError):
@@ -77,13 +88,109 @@ def _restore_checkpoint(directory: str, model, optimizer) -> dict:
         return json.load(f)
 
 
+class Schedule:
+    """The learning rate and the time budget, agreed by all workers.
+
+    Workers must stop at the same step (or the others hang in the all-reduce) and use the same
+    learning rate (or their weights drift apart), so they agree on the time budget through a
+    collective: all stop as soon as any one is over it, and the cosine schedule follows the
+    mean share of it spent, or the share of max_steps, whichever is further.
+    """
+
+    def __init__(self, run: RunConfig, optimizer, mean_over_workers, step: int):
+        self.run, self.optimizer, self.mean_over_workers = run, optimizer, mean_over_workers
+        self.decays = run.lr_decay < 1.0
+        self.budget_s = run.max_minutes * 60
+        self.started = time.perf_counter()
+        # Kept in Python for the log: under MWMS the optimizer's variable is a MirroredVariable,
+        # which cannot be read back as a float.
+        self.learning_rate = run.learning_rate
+        self._follow(step / run.max_steps)  # a resumed run continues its schedule
+
+    def _follow(self, progress: float) -> None:
+        if self.decays:
+            self.learning_rate = self.run.learning_rate * cosine_factor(progress, self.run.lr_decay)
+            self.optimizer.learning_rate = self.learning_rate
+
+    def update(self, step: int) -> bool:
+        """At a log step: set the learning rate; True when the time budget is spent."""
+        import tensorflow as tf
+
+        over, spent = 0.0, 0.0
+        if self.budget_s:
+            mine = (time.perf_counter() - self.started) / self.budget_s
+            over, spent = self.mean_over_workers(tf.constant([float(mine > 1.0), mine])).numpy()
+        self._follow(max(step / self.run.max_steps, float(spent)))
+        return over > 0
+
+
+class MetricsWindow:
+    """Training loss and throughput since the last checkpoint.
+
+    Losses stay tensors until a log or checkpoint step: reading one every step would stall
+    the pipeline."""
+
+    def __init__(self, task: LoopTask):
+        self.task = task
+        self.started = time.perf_counter()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.window_start, self.steps, self.loss_sum, self.pending = time.perf_counter(), 0, 0.0, []
+
+    def add(self, loss) -> None:
+        self.pending.append(loss)
+        self.steps += 1
+
+    def settle(self, step: int) -> None:
+        losses = [float(loss) for loss in self.pending]
+        self.pending.clear()
+        if not np.all(np.isfinite(losses)):
+            raise FloatingPointError(f"training loss became non-finite before step {step}")
+        self.loss_sum += sum(losses)
+
+    def items_per_s(self) -> float:
+        items = self.steps * self.task.global_batch_size * self.task.items_per_example
+        return items / max(time.perf_counter() - self.window_start, 1e-9)
+
+    def log_line(self, step: int, learning_rate: float | None) -> str:
+        return (f"step {step}/{self.task.payload.run.max_steps} "
+                f"loss {self.loss_sum / self.steps:.4f} {self.items_per_s():,.0f} items/s"
+                + (f" lr {learning_rate:.2e}" if learning_rate is not None else ""))
+
+    def close(self, step: int, model) -> dict:
+        """The checkpoint's metrics (validation included); starts a new window."""
+        metrics = {
+            "step": step,
+            "epoch": step * self.task.global_batch_size / max(self.task.examples_per_epoch, 1),
+            "elapsed_s": time.perf_counter() - self.started,
+            "train_loss": self.loss_sum / max(self.steps, 1),
+            "items_per_s": self.items_per_s(),
+            **self.task.evaluate(model),
+        }
+        self._reset()
+        return metrics
+
+
+def _report_checkpoint(model, optimizer, metrics: dict, rank: int) -> None:
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as directory:
+        # Every worker writes (saving may need all of them), only rank 0's is kept.
+        _save_checkpoint(directory, model, optimizer, {"step": metrics["step"], "metrics": metrics})
+        ray.train.report(metrics, checkpoint=(ray.train.Checkpoint.from_directory(directory)
+                                              if rank == 0 else None))
+
+
 def run_training_loop(task: LoopTask) -> None:
-    """Train until `task.run.max_steps`, reporting metrics and checkpoints to Ray Train."""
+    """Train until `max_steps` (or the time budget), reporting metrics and checkpoints to Ray
+    Train."""
     import keras
     import ray.train
     import tensorflow as tf
 
-    if task.run.mixed_precision:
+    run, log = task.payload.run, task.payload.log
+    if run.mixed_precision:
         # float16 math with float32 weights; the logits layers stay float32 for a stable loss.
         keras.mixed_precision.set_global_policy("mixed_float16")
     context = ray.train.get_context()
@@ -93,17 +200,16 @@ def run_training_loop(task: LoopTask) -> None:
                 else tf.distribute.get_strategy())
     with strategy.scope():
         model = task.build_model()
-        optimizer = keras.optimizers.Adam(task.run.learning_rate, global_clipnorm=task.run.grad_clip)
+        optimizer = keras.optimizers.Adam(run.learning_rate, global_clipnorm=run.grad_clip)
         optimizer.build(model.trainable_variables)
 
-    step, best = 0, None
+    step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            state = _restore_checkpoint(directory, model, optimizer)
-        step, best = state["step"], state.get("best")
+            step = _restore_checkpoint(directory, model, optimizer)["step"]
         if rank == 0:
-            task.log(f"resumed from checkpoint at step {step}")
+            log(f"resumed from checkpoint at step {step}")
 
     @tf.function
     def train_step(x, y):
@@ -124,80 +230,29 @@ def run_training_loop(task: LoopTask) -> None:
         per_replica = strategy.run(lambda v: v, args=(values,))
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
-    decays = task.run.lr_decay < 1.0
-    # Kept in Python for the log: under MWMS the optimizer's variable is a MirroredVariable,
-    # which cannot be read back as a float.
-    learning_rate = task.run.learning_rate
-
-    def follow_schedule(progress: float) -> None:
-        nonlocal learning_rate
-        if decays:
-            learning_rate = task.run.learning_rate * cosine_factor(progress, task.run.lr_decay)
-            optimizer.learning_rate = learning_rate
-
-    follow_schedule(step / task.run.max_steps)  # a resumed run continues its schedule
-
-    batches = task.batches(rank, world, step)
-    budget_s = task.run.max_minutes * 60
-    started = time.perf_counter()
-    window_start, window_steps, window_loss = started, 0, 0.0
-    last_step, pending = task.run.max_steps, []
+    schedule = Schedule(run, optimizer, mean_over_workers, step)
+    window = MetricsWindow(task)
+    batches = task.batches(rank, step)
+    last_step = run.max_steps
     while step < last_step:
-        if task.deadline is not None and time.time() > task.deadline:
+        if task.payload.deadline is not None and time.time() > task.payload.deadline:
             raise TrainingTimeout(f"training exceeded its wall-clock limit at step {step}")
         x, y = next(batches)
-        # Keep the loss as a tensor: reading it every step would stall the pipeline.
-        pending.append(train_step(tf.constant(x), tf.constant(y)))
+        window.add(train_step(tf.constant(x), tf.constant(y)))
         step += 1
-        window_steps += 1
-        boundary = step % task.run.log_every_n == 0 or step % task.run.save_every_n == 0
-        if boundary or step == last_step:
-            losses = [float(loss) for loss in pending]
-            pending.clear()
-            if not np.all(np.isfinite(losses)):
-                raise FloatingPointError(f"training loss became non-finite before step {step}")
-            window_loss += sum(losses)
-        if step % task.run.log_every_n == 0:
-            spent = 0.0  # share of the time budget used, agreed by all workers
-            if budget_s:
-                # Workers must stop at the same step (or the others hang in the all-reduce)
-                # and use the same learning rate (or their weights drift apart), so they agree
-                # on the time budget through a collective: all stop as soon as any one is over
-                # it, and the schedule follows the mean share of it spent.
-                mine = (time.perf_counter() - started) / budget_s
-                over, spent = mean_over_workers(tf.constant([float(mine > 1.0), mine])).numpy()
-                if over > 0:
-                    last_step = step
-            follow_schedule(max(step / task.run.max_steps, float(spent)))
-        if step % task.run.log_every_n == 0 and rank == 0:
-            elapsed = time.perf_counter() - window_start
-            rate = window_steps * task.global_batch_size * task.items_per_example / elapsed
-            task.log(f"step {step}/{task.run.max_steps} loss {window_loss / window_steps:.4f} "
-                     f"{rate:,.0f} items/s" + (f" lr {learning_rate:.2e}"
-                                               if decays else ""))
-        if step % task.run.save_every_n == 0 or step == last_step:
-            elapsed = time.perf_counter() - window_start
-            metrics = {
-                "step": step,
-                "epoch": step * task.global_batch_size / max(task.examples_per_epoch, 1),
-                "elapsed_s": time.perf_counter() - started,
-                "train_loss": window_loss / max(window_steps, 1),
-                "items_per_s": window_steps * task.global_batch_size * task.items_per_example
-                / max(elapsed, 1e-9),
-                **task.evaluate(model),
-            }
-            score = metrics[task.score_name]
-            best = score if best is None else best
-            best = min(best, score) if task.score_name.endswith("loss") else max(best, score)
-            state = {"step": step, "best": best, "metrics": metrics}
-            with tempfile.TemporaryDirectory() as directory:
-                # Every worker writes (saving may need all of them), only rank 0's is kept.
-                _save_checkpoint(directory, model, optimizer, state)
-                ray.train.report(metrics, checkpoint=(ray.train.Checkpoint.from_directory(directory)
-                                                      if rank == 0 else None))
+        log_step, save_step = step % run.log_every_n == 0, step % run.save_every_n == 0
+        if log_step or save_step or step == last_step:
+            window.settle(step)
+        if log_step:
+            if schedule.update(step):
+                last_step = step
             if rank == 0:
-                task.log(_format_metrics(metrics))
-            window_start, window_steps, window_loss = time.perf_counter(), 0, 0.0
+                log(window.log_line(step, schedule.learning_rate if schedule.decays else None))
+        if save_step or step == last_step:
+            metrics = window.close(step, model)
+            _report_checkpoint(model, optimizer, metrics, rank)
+            if rank == 0:
+                log(_format_metrics(metrics))
 
 
 def _format_metrics(metrics: dict) -> str:

@@ -1,36 +1,33 @@
-"""Train an LSTM sequence classifier on Ray Train and register it as a model version.
+"""The LSTM classifier family: train a sequence classifier on Ray Train.
 
     python -m trainers.lstm_classifier --name digits \
         --input_file ../shared/data/mnist/t10k-images-idx3-ubyte.gz \
         --labels_file ../shared/data/mnist/t10k-labels-idx1-ubyte.gz --max_steps 1500
 
 Data: an `.npz` with `x` ([N, T, F] or [N, H, W]) and `y` ([N] int labels), or MNIST IDX
-images with `--labels_file`. Each version holds the Keras weights and `saved_model/`, whose
-`serving_default` signature maps `x_input` to `y_output` (probabilities) for TF Serving.
-The promotion gate moves `production` only to a version with higher validation accuracy.
+images with `--labels_file`. `--timesteps`/`--features` default to the data's shape. Each
+version holds the Keras weights and `saved_model/`, whose `serving_default` signature maps
+`x_input` to `y_output` (probabilities) for TF Serving.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
-import time
 
-from models.artifacts import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, write_json
-from models.config import ClassifierConfig, ClassifierTrainConfig
-from registry import Registry, Settings, VersionRecord
+import numpy as np
+
+from models.artifacts import SAVED_MODEL_DIR, WEIGHTS_FILE
+from models.config import ClassifierTrainConfig
 from trainers.classifier_data import prepare, read_idx, read_npz, split
-from trainers.entrypoint import family_main
-from trainers.job import RegistryLog, UserError, read_input
+from trainers.loop import WorkerPayload
+from trainers.training_job import Trained, TrainingJob, TrainingParams, UserError
 
 KIND = "lstm-classifier"
-SCORE = "val_accuracy"  # higher is better
-SAVED_MODEL_DIR = "saved_model"
 
 
-def classifier_worker(config: dict) -> None:
+def classifier_worker(payload: WorkerPayload) -> None:
     """Ray Train worker: the shared loop with the classifier's model, batches and metrics."""
     import keras
     import tensorflow as tf
@@ -39,89 +36,74 @@ def classifier_worker(config: dict) -> None:
     from trainers.classifier_data import evaluate, train_batches
     from trainers.loop import LoopTask, run_training_loop
 
-    model_config: ClassifierConfig = config["model"]
-    run: ClassifierTrainConfig = config["run"]
-    x_train, y_train, x_val, y_val = config["data"]
+    run: ClassifierTrainConfig = payload.run
+    (x_train, y_train), (x_val, y_val) = payload.data
     keras.utils.set_random_seed(run.seed)
 
     def per_example_loss(y, logits):
-        return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-
-    def measure(model):
-        if len(x_val):
-            return evaluate(model, x_val, y_val)
-        return {}
+        losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        return tf.reshape(losses, [-1])
 
     run_training_loop(LoopTask(
-        build_model=lambda: build_classifier(model_config),
-        batches=lambda worker, workers, start: train_batches(
+        payload=payload,
+        build_model=lambda: build_classifier(payload.model),
+        batches=lambda worker, start: train_batches(
             x_train, y_train, run.batch_size, run.seed, worker, start),
-        per_example_loss=lambda y, logits: tf.reshape(per_example_loss(y, logits), [-1]),
-        evaluate=measure,
+        per_example_loss=per_example_loss,
+        evaluate=(lambda model: evaluate(model, x_val, y_val)) if len(x_val) else
+        (lambda model: {}),
         global_batch_size=run.batch_size * run.num_workers,
         items_per_example=1,
         examples_per_epoch=len(x_train),
-        run=run,
-        log=config["log"],
-        score_name=SCORE if len(x_val) else "train_loss",
-        deadline=config.get("deadline"),
     ))
 
 
-def load_examples(registry: Registry, input_file: str, labels_file: str | None, classes: int):
-    data = read_input(registry, input_file)
-    if labels_file:
-        x, y = read_idx(data), read_idx(read_input(registry, labels_file))
+def fit_to_data(x: np.ndarray, params: TrainingParams) -> TrainingParams:
+    """The params with the examples' [timesteps, features] filled in where not given (0);
+    UserError when given ones disagree with the data."""
+    model = params.model
+    steps, features = x.shape[1:]
+    if (model.timesteps or steps, model.features or features) != (steps, features):
+        raise UserError(f"examples are [{steps}, {features}], but timesteps/features are "
+                        f"[{model.timesteps}, {model.features}]")
+    return dataclasses.replace(params, model=dataclasses.replace(
+        model, timesteps=int(steps), features=int(features)))
+
+
+def check_upload(data: bytes, params: TrainingParams) -> TrainingParams:
+    x, _ = prepare(*read_npz(data), params.model.classes)
+    return fit_to_data(x, params)
+
+
+def load_examples(job: TrainingJob) -> tuple[np.ndarray, np.ndarray]:
+    """The job's examples: an .npz, or IDX images with an IDX labels file."""
+    data = job.read_input()
+    if job.inputs.get("labels_file"):
+        x, y = read_idx(data), read_idx(job.read_input("labels_file"))
     else:
         x, y = read_npz(data)
-    return prepare(x, y, classes)
+    return prepare(x, y, job.params.model.classes)
 
 
-def train_classifier(args: argparse.Namespace, model_config: ClassifierConfig,
-                     run: ClassifierTrainConfig, settings: Settings):
+def train(job: TrainingJob) -> Trained:
+    """The family's training function: examples -> Ray Train -> weights and SavedModel."""
     from models.classifier import build_classifier, export_saved_model
-    from trainers.ray_run import fit, run_name
+    from trainers.ray_run import fit
 
-    def train_fn(record: VersionRecord, output_dir: str, log: RegistryLog) -> dict:
-        registry = Registry(settings)
-        x, y = load_examples(registry, args.input_file, args.labels_file, model_config.classes)
-        if x.shape[1:] != (model_config.timesteps, model_config.features):
-            raise UserError(f"examples are {list(x.shape[1:])}, the model expects "
-                            f"[{model_config.timesteps}, {model_config.features}] (set "
-                            "--timesteps/--features)")
-        (x_train, y_train), (x_val, y_val) = split(x, y, run.val_frac, run.seed)
-        log(f"{len(x):,} examples: {len(x_train):,} for training, {len(x_val):,} for validation")
-        worker_config = {
-            "model": model_config, "run": run, "data": (x_train, y_train, x_val, y_val),
-            "log": log, "deadline": time.time() + run.timeout_s if run.timeout_s else None,
-        }
-        metrics = fit(classifier_worker, worker_config, settings=settings,
-                      run_name=run_name(record), num_workers=run.num_workers,
-                      use_gpu=run.use_gpu, max_failures=run.max_failures,
-                      score_name=SCORE if len(x_val) else "train_loss", higher_is_better=True,
-                      cpus_per_worker=run.cpus_per_worker, output_dir=output_dir)
-        model = build_classifier(model_config)
-        model.load_weights(os.path.join(output_dir, WEIGHTS_FILE))
-        export_saved_model(model, model_config, os.path.join(output_dir, SAVED_MODEL_DIR))
-        write_json(output_dir, CONFIG_FILE, {"kind": KIND, "model": dataclasses.asdict(model_config),
-                                             "train": dataclasses.asdict(run)})
-        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        metrics["params"] = model.count_params()
-        write_json(output_dir, METRICS_FILE, metrics)
-        return metrics
-
-    return train_fn
-
-
-def main(argv: list[str] | None = None) -> int:
-    def extra_flags(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--labels_file", default=None,
-                            help="IDX labels when --input_file holds IDX images")
-
-    return family_main(argv, kind=KIND, doc=__doc__, model_cls=ClassifierConfig,
-                       run_cls=ClassifierTrainConfig, make_train=train_classifier, score=SCORE,
-                       higher_is_better=True, extra_flags=extra_flags)
+    x, y = load_examples(job)
+    params = fit_to_data(x, job.params)
+    run: ClassifierTrainConfig = params.run
+    (x_train, y_train), (x_val, y_val) = split(x, y, run.val_frac, run.seed)
+    job.log(f"{len(x):,} examples: {len(x_train):,} for training, {len(x_val):,} for validation")
+    metrics = fit(classifier_worker, job, params, ((x_train, y_train), (x_val, y_val)),
+                  job.score.ranking(has_validation=len(x_val) > 0))
+    model = build_classifier(params.model)
+    model.load_weights(os.path.join(job.output_dir, WEIGHTS_FILE))
+    export_saved_model(model, params.model, os.path.join(job.output_dir, SAVED_MODEL_DIR))
+    return Trained(params, {**metrics, "params": model.count_params()})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from trainers.cli import main
+
+    sys.exit(main(KIND))

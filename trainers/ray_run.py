@@ -1,22 +1,25 @@
-"""Launching a training loop on Ray Train: scaling, storage, failure handling, best checkpoint."""
+"""Launching a family's worker function on Ray Train: scaling, storage, failure handling, and
+the best checkpoint copied out as the version's files."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 
-from registry import Settings
-from trainers.loop import OPTIMIZER_FILE, STATE_FILE
+from registry import ArtifactStore
+from trainers.loop import OPTIMIZER_FILE, STATE_FILE, WorkerPayload
+from trainers.training_job import Score, TrainingJob, TrainingParams
 
 TRAINING_ONLY = (OPTIMIZER_FILE, STATE_FILE)  # checkpoint files a version does not need
 
 
-def run_name(record) -> str:
-    """Ray Train run directory of one version's training. The creation time keeps it unique:
-    Ray Train resumes a run whose directory exists, and a deleted-and-recreated model's new
-    v1 must not resume the old v1's checkpoints."""
-    return f"{record.name}-v{record.version}-{record.created_at.strftime('%Y%m%dT%H%M%S%f')}"
+def run_name(job: TrainingJob) -> str:
+    """Ray Train run directory of one version's training, under the model's runs folder. The
+    creation time keeps it unique: Ray Train resumes a run whose directory exists, and a
+    deleted-and-recreated model's new v1 must not resume the old v1's checkpoints."""
+    return f"v{job.record.version}-{job.record.created_at.strftime('%Y%m%dT%H%M%S%f')}"
 
 
 def ensure_ray() -> None:
@@ -27,42 +30,47 @@ def ensure_ray() -> None:
         ray.init(log_to_driver=True)
 
 
-def fit(worker_fn: Callable[[dict], None], worker_config: dict, *, settings: Settings,
-        run_name: str, num_workers: int, use_gpu: bool, max_failures: int, score_name: str,
-        cpus_per_worker: int = 1,
-        higher_is_better: bool, output_dir: str) -> dict:
-    """Run `worker_fn` on `num_workers` Ray Train workers; copy the best checkpoint's model
-    files into `output_dir` and return the metrics reported with it.
+def _run_worker(config: dict) -> None:
+    config["worker"](config["payload"])
 
-    Checkpoints go to `<storage>/runs/<run_name>` on the shared storage, so a worker that dies
-    on one node resumes on another from the latest one (`FailureConfig.max_failures`).
+
+def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: TrainingParams,
+        data: tuple, score: Score, init_weights: bytes | None = None) -> dict:
+    """Run `worker` on the run config's Ray Train workers; copy the best checkpoint's model
+    files (by `score`) into the job's output directory and return the metrics reported with it.
+
+    Checkpoints go to the model's runs folder on the shared storage, so a worker that dies on
+    one node resumes on another from the latest one (`FailureConfig.max_failures`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
-    from registry import ArtifactStore
-
     ensure_ray()
-    filesystem, base = ArtifactStore(settings.storage, settings.s3_endpoint).filesystem()
+    run = params.run
+    payload = WorkerPayload(
+        model=params.model, run=run, data=data, log=job.log, init_weights=init_weights,
+        deadline=time.time() + run.timeout_s if run.timeout_s else None)
+    store = ArtifactStore(job.settings.storage, job.settings.s3_endpoint)
+    filesystem, base = store.filesystem()
     # Ray sets each worker's OMP/TF thread count from its CPU reservation.
-    resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    resources = {"CPU": run.cpus_per_worker, **({"GPU": 1} if run.use_gpu else {})}
     trainer = TensorflowTrainer(
-        worker_fn,
-        train_loop_config=worker_config,
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+        _run_worker,
+        train_loop_config={"worker": worker, "payload": payload},
+        scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=run_name,
-            storage_path=f"{base.rstrip('/')}/runs",
+            name=run_name(job),
+            storage_path=f"{base}/{store.runs_path(job.record.name)}",
             storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=run.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=score_name,
-                checkpoint_score_order="max" if higher_is_better else "min"),
+                num_to_keep=2, checkpoint_score_attribute=score.name,
+                checkpoint_score_order=score.mode),
         ),
     )
     result = trainer.fit()
-    best = result.get_best_checkpoint(metric=score_name, mode="max" if higher_is_better else "min")
+    best = result.get_best_checkpoint(metric=score.name, mode=score.mode)
     if best is None:
         raise RuntimeError("training finished without reporting a checkpoint")
     metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
@@ -71,9 +79,9 @@ def fit(worker_fn: Callable[[dict], None], worker_config: dict, *, settings: Set
             if entry in TRAINING_ONLY:
                 continue
             source = os.path.join(directory, entry)
-            target = os.path.join(output_dir, entry)
+            target = os.path.join(job.output_dir, entry)
             if os.path.isdir(source):
                 shutil.copytree(source, target)
             else:
                 shutil.copy2(source, target)
-    return dict(metrics)
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainers.classifier_data import prepare, read_idx, read_npz, split, train_batches
-from trainers.job import UserError
+from trainers.training_job import UserError
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -98,15 +98,17 @@ def test_aliases_follow_promotion_and_refuse_unready_versions(registry, tmp_path
 
 def test_delete_removes_records_and_files(registry, tmp_path):
     registry.create_version("gone")
-    registry.artifacts.put_bytes("uploads/gone/x.txt", b"text")
-    registry.artifacts.put_bytes("runs/gone-v1-20261122T000000000000/checkpoint/state.json", b"{}")
-    registry.artifacts.put_bytes("runs/gone-other-v1-2026/state.json", b"{}")  # another model
+    store = registry.artifacts
+    store.put_bytes(store.upload_path("gone", "x.txt"), b"text")
+    store.put_bytes(f"{store.runs_path('gone')}/v1-20261122T000000000000/state.json", b"{}")
+    store.put_bytes(f"{store.runs_path('gone-other')}/v1/state.json", b"{}")  # another model
     registry.publish_version("gone", 1, artifacts(tmp_path))
     registry.delete_model("gone")
     with pytest.raises(NotFound):
         registry.get_model("gone")
-    assert not registry.artifacts.exists("models/gone") and not registry.artifacts.exists("uploads/gone")
-    assert registry.artifacts.list("runs") == ["gone-other-v1-2026"]
+    assert not store.exists(store.version_path("gone", 1))
+    assert not store.exists(store.upload_path("gone", "x.txt").rsplit("/", 1)[0])
+    assert not store.exists(store.runs_path("gone")) and store.exists(store.runs_path("gone-other"))
     assert registry.list_models() == []
 
 

@@ -6,7 +6,9 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from deployments.app import AppArgs
 from deployments.limits import Limits
+from models.config import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,7 +18,8 @@ def test_serve_config_is_valid(name):
     config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / name).read_text()))
     app = config.applications[0]
     assert app.import_path == "deployments.app:build_app"
-    Limits.from_dict(app.args["limits"])  # every limit name is one the app knows
+    args = AppArgs.model_validate(app.args)  # what Serve does before calling build_app
+    parse_config(Limits, args.limits)  # every limit name is one the app knows, in range
     deployments = {d.name: d for d in app.deployments}
     assert set(deployments) == {"Ingress", "Generator", "Classifier"}
     generator = deployments["Generator"]

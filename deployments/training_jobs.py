@@ -1,4 +1,5 @@
-"""Training jobs: submitted with Ray's JobSubmissionClient, their end reflected in the registry.
+"""Training jobs: started from an upload with Ray's JobSubmissionClient, their end reflected in
+the registry.
 
 The job runs exactly what a user would `ray job submit`: `python -m trainers.<family> ...`.
 The trainer itself records `training`/`ready`/`failed`; `sync_statuses` covers what it cannot,
@@ -7,21 +8,24 @@ a job that died before it could write (killed, out of memory, never started).
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import sys
 import uuid
 
-from registry import Registry, Settings, VersionRecord
+from deployments.errors import ApiError
+from registry import ACTIVE, Registry, Settings, VersionRecord, parse_model_ref
 from trainers.families import Family
+from trainers.training_job import TrainingParams
 
-ACTIVE = ("queued", "training")
 # Ray job status -> the version status it implies once the job has ended.
 ENDED = {"FAILED": "failed", "STOPPED": "cancelled", "SUCCEEDED": "failed"}
 
 
 class TrainingJobs:
-    def __init__(self, settings: Settings, dashboard_address: str | None = None):
-        self.settings = settings
+    def __init__(self, registry: Registry, settings: Settings,
+                 dashboard_address: str | None = None):
+        self.registry, self.settings = registry, settings
         self.dashboard_address = dashboard_address
         self._client = None
 
@@ -38,17 +42,47 @@ class TrainingJobs:
             self._client = JobSubmissionClient(address)
         return self._client
 
-    def entrypoint(self, family: Family, record: VersionRecord, input_file: str,
-                   params: dict) -> str:
-        # This replica's interpreter: the job runs in the same environment as the server.
-        argv = [sys.executable, "-m", family.module, "--name", record.name,
-                "--version", str(record.version), "--input_file", input_file]
-        for key, value in params.items():
-            argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-        return shlex.join(argv)
+    async def start(self, family: Family, name: str, filename: str, data: bytes,
+                    params: TrainingParams) -> VersionRecord:
+        """Check an upload, store it, queue a version and submit its training job.
 
-    def submit(self, family: Family, record: VersionRecord, input_file: str,
-               params: dict) -> str:
+        Nothing is stored for an upload that could never train (400), and a failure after
+        storing rolls back: the file is deleted, or the version marked failed with the reason.
+        """
+        if not data:
+            raise ApiError(400, "the uploaded file is empty")
+        try:
+            params = await asyncio.to_thread(family.check_upload, data, params)
+            parent = parse_model_ref(params.run.init_from) if params.run.init_from else None
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
+        if parent:
+            self.registry.get_version(*parent)  # 404 when the model to continue is unknown
+        relpath = self.registry.artifacts.upload_path(name, filename)
+        await asyncio.to_thread(self.registry.artifacts.put_bytes, relpath, data)
+        try:
+            record = self.registry.create_version(name, family.kind,
+                                                  {**params.as_dict(), "input_file": relpath})
+        except Exception:
+            self.registry.artifacts.delete(relpath)
+            raise
+        try:
+            job_id = await asyncio.to_thread(self._submit, family, record, relpath, params)
+        except Exception as error:  # noqa: BLE001 - the version must not stay queued forever
+            self.registry.append_logs(name, record.version, [f"job submission failed: {error}"])
+            self.registry.update_version(name, record.version, status="failed")
+            raise ApiError(503, "could not submit the training job", str(error)) from None
+        return self.registry.update_version(name, record.version, job_id=job_id)
+
+    def entrypoint(self, family: Family, record: VersionRecord, input_file: str,
+                   params: TrainingParams) -> str:
+        # This replica's interpreter: the job runs in the same environment as the server.
+        return shlex.join([sys.executable, "-m", family.module, "--name", record.name,
+                           "--version", str(record.version), "--input_file", input_file,
+                           *family.flags(params)])
+
+    def _submit(self, family: Family, record: VersionRecord, input_file: str,
+                params: TrainingParams) -> str:
         job_id = f"rnnserve-{record.name}-v{record.version}-{uuid.uuid4().hex[:8]}"
         self.client.submit_job(
             entrypoint=self.entrypoint(family, record, input_file, params),
@@ -61,8 +95,9 @@ class TrainingJobs:
     def stop(self, job_id: str) -> None:
         self.client.stop_job(job_id)
 
-    def sync_statuses(self, registry: Registry) -> list[tuple[str, int, str]]:
+    def sync_statuses(self) -> list[tuple[str, int, str]]:
         """Mark versions whose job ended without the trainer recording it; returns the changes."""
+        registry = self.registry
         changes = []
         for model in registry.list_models():
             for record in registry.list_versions(model["name"]):

@@ -1,10 +1,11 @@
 """What every training job does around the training itself: registry bookkeeping.
 
 A job attaches to the version the server queued (or creates one when started by hand with
-`ray job submit`), marks it `training`, runs the family's training function, publishes the
-artifacts (the version turns `ready` only once they are all written), applies the promotion
-gate, and on any failure records `failed` (or `cancelled` on SIGTERM, which `ray job stop`
-sends) with the reason in the version's log, so no version is left `training` by a dead job.
+`ray job submit`), marks it `training`, runs the family's training function, writes the files
+every version has, publishes the artifacts (the version turns `ready` only once they are all
+written), applies the promotion gate, and on any failure records `failed` (or `cancelled` on
+SIGTERM, which `ray job stop` sends) with the reason in the version's log, so no version is
+left `training` by a dead job.
 """
 
 from __future__ import annotations
@@ -15,52 +16,19 @@ import signal
 import tempfile
 import threading
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from registry import Registry, Settings, VersionRecord
+from models.artifacts import write_version_files
+from registry import Registry, Settings
+from trainers.promotion import promote_if_better
+from trainers.training_job import RegistryLog, TrainingJob, TrainingParams, UserError
+
+if TYPE_CHECKING:
+    from trainers.families import Family
 
 
 class JobCancelled(BaseException):
     """Raised in the driver when the job is asked to stop (not an Exception: nothing swallows it)."""
-
-
-class UserError(ValueError):
-    """Bad input from the user (text too short, new characters...): fail with a clear log line."""
-
-
-@dataclass
-class RegistryLog:
-    """A picklable log sink: prints the line (for `ray job logs`) and appends it to the registry.
-
-    Ray Train workers receive it in their config, so each opens its own registry connection.
-    """
-
-    settings: Settings
-    name: str
-    version: int
-
-    def __call__(self, line: str) -> None:
-        print(line, flush=True)
-        registry = self.__dict__.get("_registry")
-        if registry is None:
-            registry = Registry(self.settings)
-            self.__dict__["_registry"] = registry
-        registry.append_logs(self.name, self.version, [line])
-
-    def __getstate__(self):
-        return {"settings": self.settings, "name": self.name, "version": self.version}
-
-
-def read_input(registry: Registry, path: str) -> bytes:
-    """Training data from a local path or from a path inside the storage (server uploads)."""
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            return f.read()
-    try:
-        return registry.artifacts.get_bytes(path)
-    except (FileNotFoundError, OSError, ValueError) as error:
-        raise UserError(f"input file not found: {path}") from error
 
 
 def submitted_job_id() -> str | None:
@@ -76,25 +44,19 @@ def submitted_job_id() -> str | None:
     return (config.get("metadata") or {}).get("job_submission_id")
 
 
-# (record, output_dir, log) -> metrics; writes every artifact file into output_dir.
-TrainFunction = Callable[[VersionRecord, str, RegistryLog], dict]
-
-
-def run_job(settings: Settings, name: str, kind: str, params: dict, version: int | None,
-            train: TrainFunction, score_name: str, higher_is_better: bool) -> int:
+def run_job(family: Family, settings: Settings, name: str, inputs: dict[str, str],
+            params: TrainingParams, version: int | None = None) -> int:
     """Run one training job end to end; returns the process exit code."""
-    from trainers.promotion import promote_if_better
-
     registry = Registry(settings)
+    recorded = {**params.as_dict(), **inputs}
     record = (registry.get_version(name, version) if version is not None
-              else registry.create_version(name, kind, params))
+              else registry.create_version(name, family.kind, recorded))
     log = RegistryLog(settings, name, record.version)
     job_id = submitted_job_id()
-    # Record every resolved parameter (the server queued only what the user gave).
     registry.update_version(name, record.version, status="training",
-                            params={**params, **record.params},
+                            params={**record.params, **recorded},
                             **({"job_id": job_id} if job_id and not record.job_id else {}))
-    log(f"training {kind} model {name} version {record.version}")
+    log(f"training {family.kind} model {name} version {record.version}")
 
     def on_sigterm(signum, frame):
         raise JobCancelled()
@@ -104,11 +66,18 @@ def run_job(settings: Settings, name: str, kind: str, params: dict, version: int
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main else None
     try:
         with tempfile.TemporaryDirectory() as output_dir:
-            metrics = train(record, output_dir, log)
-            registry.publish_version(name, record.version, output_dir, metrics)
+            trained = family.train(TrainingJob(settings, record, inputs, params, family.score,
+                                               output_dir, log))
+            write_version_files(output_dir, family.kind, trained.params.model,
+                                trained.params.run, trained.metrics)
+            # The parameters as resolved from the data (vocabulary size, sequence shape).
+            registry.update_version(name, record.version,
+                                    params={**record.params, **recorded,
+                                            **trained.params.as_dict()})
+            registry.publish_version(name, record.version, output_dir, trained.metrics)
         log(f"version {record.version} is ready: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-        promote_if_better(registry, name, record.version, score_name, higher_is_better, log)
+            + ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items() if isinstance(v, float)))
+        promote_if_better(registry, name, record.version, family.score, log)
         return 0
     except JobCancelled:
         _finish(registry, log, name, record.version, "cancelled", "job stopped; run cancelled")
