@@ -15,8 +15,7 @@ import uuid
 
 from deployments.errors import ApiError
 from registry import ACTIVE, Registry, Settings, VersionRecord, parse_model_ref
-from trainers.families import Family
-from trainers.training_job import TrainingParams
+from trainers.families import Family, TrainingParams
 
 # Ray job status -> the version status it implies once the job has ended.
 ENDED = {"FAILED": "failed", "STOPPED": "cancelled", "SUCCEEDED": "failed"}

@@ -14,7 +14,7 @@ _CELLS = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU, "rnn": keras.layer
 
 
 class OneHot(keras.layers.Layer):
-    """Ids -> one-hot float vectors (the origin's input when use_embedding is off)."""
+    """Ids -> one-hot float vectors (the reference char-RNN's input when use_embedding is off)."""
 
     def __init__(self, depth: int, **kwargs):
         super().__init__(**kwargs)

@@ -66,7 +66,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
-    """A char-RNN training run (the origin's flags)."""
+    """A char-RNN training run (the reference char-RNN's flags)."""
 
     num_seqs: int = param(32, "sequences per batch on each worker", 1, 4096)
     num_steps: int = param(50, "characters per sequence (truncated BPTT length)", 2, 2000)

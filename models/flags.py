@@ -17,7 +17,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
             continue
         help_text = f.metadata.get("help", "")
         if types[f.name] is bool:
-            # --use_gpu / --use_gpu true / --use_gpu=false all work, like the origin's flags.
+            # --use_gpu / --use_gpu true / --use_gpu=false all work, like the reference char-RNN's flags.
             parser.add_argument(f"--{f.name}", nargs="?", const="true", default=None,
                                 help=f"{help_text} (default {f.default})")
         else:
