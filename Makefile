@@ -11,7 +11,7 @@ export RNNSERVE_SHARED_DATA ?= $(SHARED)/data
 METRICS_PORT ?= 8080
 HTTP_PORT ?= 8000
 
-.PHONY: run stop test test-unit lint fuzz bench bench-train bench-sampling bench-classifier bench-e2e loadtest system-deps clean
+.PHONY: run stop test test-cluster bench-cluster test-unit lint fuzz bench bench-train bench-sampling bench-classifier bench-e2e loadtest system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ stop:
 
 test: $(BIN)/.installed system-deps
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 1500 tests
+
+# Issue 15: a simulated multi-node Ray cluster (ray.cluster_utils.Cluster: a 0-CPU head and
+# 1-CPU worker nodes) in a pytest run of its own: training and serving across nodes, nodes lost.
+# It shares the machine with other Ray instances (own ports and temp dir; kills only its own).
+test-cluster: $(BIN)/.installed
+	RNNSERVE_CLUSTER_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests/cluster
 
 test-unit: $(BIN)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

@@ -1,0 +1,45 @@
+"""Cluster tests: a simulated multi-node Ray cluster (`ray.cluster_utils.Cluster`) in a pytest
+run of its own (`make test-cluster`; `make test` does not collect them).
+
+One cluster per session: a head with 0 CPUs and two worker nodes of 1 CPU. Tests remove nodes
+and add spares, so the order matters and is the file order: training first (it needs both
+worker CPUs), then serving.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.cluster.simcluster import SHARED_DATA, TEMP_ROOT, SimCluster, registry_for
+
+if os.environ.get("RNNSERVE_CLUSTER_TESTS") != "1":
+    # Own process only: this session starts its own Ray cluster and removes its nodes.
+    collect_ignore_glob = ["test_*.py"]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("shared-storage")
+    sim = SimCluster(storage, workers=2, head_resources={"ingress": 2})
+    try:
+        yield sim
+    finally:
+        sim.shutdown()
+        shutil.rmtree(TEMP_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def registry(cluster):
+    return registry_for(cluster)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> str:
+    """A slice of tinyshakespeare (read from the shared data, written to this session's tmp)."""
+    text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
+    path.write_text(text[:60_000], encoding="utf-8")
+    return str(path)
