@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from benchmarks import RESULTS, SHARED_DATA
+from benchmarks import RESULTS, SHARED_DATA, run_trainer
 
 MNIST = SHARED_DATA / "mnist"
 CONFIG = ["--num_hidden", "128", "--num_layers", "1", "--dropout", "0.2", "--batch_size", "128",
@@ -28,7 +28,6 @@ CONFIG = ["--num_hidden", "128", "--num_layers", "1", "--dropout", "0.2", "--bat
 def main(argv: list[str] | None = None) -> None:
     from models.artifacts import load_classifier
     from registry import Registry, Settings
-    from trainers import lstm_classifier
     from trainers.classifier_data import evaluate, prepare, read_idx
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,11 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     np.savez(train_file, x=images[:8000], y=labels[:8000])
     flags = [*CONFIG, "--max_steps", str(args.max_steps), "--max_minutes", str(args.max_minutes)]
     started = time.perf_counter()
-    code = lstm_classifier.main(["--input_file", train_file, "--name", "mnist",
-                                 "--storage", storage, *flags])
+    run_trainer("lstm_classifier",
+                ["--input_file", train_file, "--name", "mnist", "--storage", storage, *flags])
     minutes = (time.perf_counter() - started) / 60
-    if code != 0:
-        raise SystemExit(f"training failed with exit code {code}")
     record, directory = Registry(Settings.from_env(storage=storage)).fetch_version("mnist")
     model, _ = load_classifier(directory)
     x_test, y_test = prepare(images[8000:], labels[8000:], 10)

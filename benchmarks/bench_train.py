@@ -3,7 +3,7 @@
     python -m benchmarks.bench_train [--minutes_a 9] [--minutes_b 20]   # or: make bench-train
 
 On tinyshakespeare with the last 5% held out (--val_frac 0.05), through the real trainer
-(`trainers.charrnn.main`, Ray Train), for (a) the reference's default model (2x128 LSTM,
+(`python -m trainers.charrnn`, Ray Train), for (a) the reference's default model (2x128 LSTM,
 one-hot, num_seqs 32, num_steps 50, learning rate 0.01) and (b) a larger model of ours. Every
 figure comes from the metrics the trainer reported with its checkpoints (step, elapsed_s,
 items_per_s, val_loss...): the registered version's metrics for the best checkpoint, and the
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, SHARED_DATA
+from benchmarks import RESULTS, SHARED_DATA, run_trainer
 
 # (a) The reference's default model and hyperparameters.
 REFERENCE_DEFAULT = ["--lstm_size", "128", "--num_layers", "2", "--num_seqs", "32",
@@ -36,17 +36,16 @@ CHECKPOINT_LINE = "checkpoint: "
 def train(storage: str, name: str, model_flags: list[str], workers: int, minutes: float,
           eval_every: int) -> dict:
     from registry import Registry, Settings
-    from trainers import charrnn
 
-    args = ["--input_file", str(SHARED_DATA / "tinyshakespeare.txt"), "--name", name,
-            "--val_frac", "0.05", "--max_steps", "10000000", "--max_minutes", str(minutes),
-            "--save_every_n", str(eval_every), "--log_every_n", str(eval_every),
-            "--num_workers", str(workers), "--cpus_per_worker", str(2 // workers),
-            "--storage", storage, *model_flags]
+    flags = ["--input_file", str(SHARED_DATA / "tinyshakespeare.txt"), "--name", name,
+             "--val_frac", "0.05", "--max_steps", "10000000", "--max_minutes", str(minutes),
+             "--save_every_n", str(eval_every), "--log_every_n", str(eval_every),
+             "--num_workers", str(workers), "--cpus_per_worker", str(2 // workers),
+             "--storage", storage, *model_flags]
     registry = Registry(Settings.from_env(storage=storage))
     started = time.perf_counter()
-    if ready_run(registry, name) is None and charrnn.main(args) != 0:  # reuse a finished run
-        raise RuntimeError(f"training {name} failed")
+    if ready_run(registry, name) is None:  # else reuse the finished run
+        run_trainer("charrnn", flags)
     wall = time.perf_counter() - started
     best = registry.get_version(name, 1).metrics  # the registered (best) checkpoint's metrics
     curve = [{"step": int(m["step"]), "minutes": m["elapsed_s"] / 60,
