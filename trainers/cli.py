@@ -9,7 +9,7 @@ import sys
 from models.flags import add_config_flags
 from registry import Settings
 from trainers.families import FAMILIES
-from trainers.run_job import run_job
+from trainers.bookkeeping import run_job
 
 
 def main(kind: str, argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ def test_train_register_and_sample_from_s3(ray_cluster, s3_endpoint, shakespeare
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint)
             .list_objects_v2(Bucket="models", Prefix="e2e/")["Contents"]]
     assert "e2e/models/clouded/v1/model.weights.h5" in keys
-    assert any(k.startswith("e2e/runs/clouded-v1-") for k in keys), "no Ray Train checkpoint"
+    assert any(k.startswith("e2e/runs/clouded/v1-") for k in keys), "no Ray Train checkpoint"
 
     os.environ["RNNSERVE_S3_ENDPOINT"] = s3_endpoint
     try:

@@ -85,7 +85,7 @@ def test_train_register_and_serve_from_s3_with_the_key(secured, s3_endpoint, sha
     keys = bucket_keys(s3_endpoint)
     assert any(k.startswith("secured/uploads/clouded/") for k in keys), keys
     assert f"secured/models/clouded/v{version}/model.weights.h5" in keys
-    assert any(k.startswith(f"secured/runs/clouded-v{version}-") for k in keys), \
+    assert any(k.startswith(f"secured/runs/clouded/v{version}-") for k in keys), \
         "no Ray Train checkpoint in the bucket"
 
     # Reads and inference stay open without the key; the replica loads the model from S3.
