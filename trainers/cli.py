@@ -8,8 +8,8 @@ import sys
 
 from models.flags import add_config_flags
 from registry import Settings
-from trainers.families import FAMILIES
 from trainers.bookkeeping import run_job
+from trainers.families import FAMILIES
 
 
 def main(kind: str, argv: list[str] | None = None) -> int:
