@@ -218,6 +218,7 @@ class NodeLossRun:
     step_at_kill: int  # latest step in the log when the node died
     resumed_at: list[int]
     nodes_after: list[str]  # nodes of the two workers after the resume
+    regrouped_after_s: float | None  # from the node's death to two workers running again
     lines: list[str]
     output: str
     returncode: int
@@ -262,6 +263,7 @@ def train_and_lose_a_node(cluster: SimCluster, registry, corpus: str, name: str,
         lines = logs_of(registry, name)
         checkpoint_at_kill = checkpoint_steps(lines)[-1]
         step_at_kill = max(logged_steps(lines))
+        t_kill = time.monotonic()
         cluster.remove_worker(victim)
         cluster.add_worker()
 
@@ -273,6 +275,7 @@ def train_and_lose_a_node(cluster: SimCluster, registry, corpus: str, name: str,
             return nodes if len(nodes) == 2 and victim not in nodes else None
 
         nodes_after = wait_until(new_group, timeout / 2, interval=1, what="a new worker group")
+        regrouped_after_s = None if nodes_after is True else time.monotonic() - t_kill
         nodes_after = [] if nodes_after is True else nodes_after
         output, _ = process.communicate(timeout=timeout)
     finally:
@@ -281,7 +284,7 @@ def train_and_lose_a_node(cluster: SimCluster, registry, corpus: str, name: str,
             process.communicate()
     lines = logs_of(registry, name)
     return NodeLossRun(victim, checkpoint_at_kill, step_at_kill, resumed_steps(lines),
-                       nodes_after, lines,
+                       nodes_after, regrouped_after_s, lines,
                        output, process.returncode, time.monotonic() - started)
 
 
@@ -298,7 +301,7 @@ def cluster_serve_config(port: int, generator_replicas: int = 2) -> dict:
     config["http_options"]["port"] = port
     config["proxy_location"] = "EveryNode"
     app = config["applications"][0]
-    app["args"]["limits"].update(inference_per_s=0, inference_burst=0)
+    app["args"]["limits"]["inference_per_s"] = 0  # 0 turns the limiter off
     deployments = {d["name"]: d for d in app["deployments"]}
     deployments["Ingress"].update(num_replicas=2, ray_actor_options={
         "num_cpus": 0, "resources": {"ingress": 1}})
@@ -429,7 +432,7 @@ class Load:
                            f"{type(error).__name__}: {str(error)[:160]}")
 
 
-def ingress_errors(since_text: str | None = None) -> list[str]:
+def ingress_errors() -> list[str]:
     """Exception lines the Ingress replicas logged (their log files on the head): what the
     ingress saw when a request failed inside it."""
     found = []
@@ -445,35 +448,44 @@ def node_loss_under_load(cluster: SimCluster, url: str, model: str, *, clients: 
                          stream_clients: int = 1, max_length: int = 300, before_s: float = 4.0,
                          after_s: float = 4.0, timeout: float = 120) -> dict:
     """Load the app, kill the node of one Generator replica, add a spare node, wait until two
-    Generator replicas run again; return the outcomes and the timings (monotonic seconds)."""
+    Generator replicas run again; return the outcomes and the timings (monotonic seconds) with
+    a timeline of (t, nodes alive, Generator replicas running)."""
     generators = cluster.actors("ServeReplica:rnnserve:Generator")
     victim = sorted(g["node_id"] for g in generators)[0]
-    timeline = []  # (t, nodes alive, Generator replicas running)
+    timeline = []
+
+    def sample() -> int:
+        count = running("Generator")
+        timeline.append((time.monotonic(), len(cluster.alive_nodes()), count))
+        return count
+
+    def watch(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            sample()
+            time.sleep(0.25)
+
     load = Load(url, model, clients, stream_clients, max_length).start()
     t0 = time.monotonic()
-    time.sleep(before_s)
-    timeline.append((time.monotonic(), len(cluster.alive_nodes()), running("Generator")))
+    watch(before_s)
     t_kill = time.monotonic()
     cluster.remove_worker(victim)
     t_removed = time.monotonic()
+    sample()
     cluster.add_worker()
     t_added = time.monotonic()
     back = None
     while time.monotonic() - t_kill < timeout:
-        count = running("Generator")
-        timeline.append((time.monotonic(), len(cluster.alive_nodes()), count))
-        if count >= 2 and back is None and time.monotonic() - t_added > 0:
-            states = replica_states("Generator")
-            if sum(states.values()) == count:  # nothing starting or stopping any more
-                back = time.monotonic()
-                break
+        if sample() >= 2 and sum(replica_states("Generator").values()) == 2:
+            back = time.monotonic()  # two running, nothing starting or stopping any more
+            break
         time.sleep(0.25)
-    time.sleep(after_s)
-    timeline.append((time.monotonic(), len(cluster.alive_nodes()), running("Generator")))
+    watch(after_s)
     outcomes = load.stop()
+    t_end = time.monotonic()
     return {"t0": t0, "t_kill": t_kill, "t_removed": t_removed, "t_added": t_added,
-            "t_back": back, "victim": victim, "outcomes": outcomes, "timeline": timeline,
-            "ingress_errors": ingress_errors()}
+            "t_back": back, "t_end": t_end, "victim": victim, "outcomes": outcomes,
+            "timeline": timeline, "ingress_errors": ingress_errors()}
 
 
 def summarize_loss(result: dict) -> dict:

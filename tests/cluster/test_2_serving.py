@@ -1,0 +1,174 @@
+"""Serving across nodes, and a node lost under load (issue 15, items 3 and 4).
+
+The real Serve app (serve_config.yaml through `serve deploy`, changed only as
+`cluster_serve_config` says) on the simulated cluster: Generator replicas one per worker node,
+the Ingress (2 replicas) on the head as cluster.yaml places it, a proxy on every node. Clients
+speak HTTP on loopback with a fresh connection per request, so the kernel spreads them over
+every node's proxy (they share the port).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+import requests
+
+from tests.cluster.simcluster import (
+    TINY_MODEL,
+    cluster_serve_config,
+    deploy,
+    free_port,
+    node_loss_under_load,
+    running,
+    start_trainer,
+    summarize_loss,
+    wait_until,
+)
+
+GENERATOR = "ServeReplica:rnnserve:Generator"
+
+
+@pytest.fixture(scope="module")
+def model(cluster, registry, corpus) -> str:
+    """A ready char-RNN version to serve: trained here (one worker) before Serve takes CPUs."""
+    process = start_trainer(cluster, "--input_file", corpus, "--name", "bard", "--num_workers",
+                            "1", "--max_steps", "20", "--save_every_n", "20", *TINY_MODEL)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    assert registry.get_version("bard", 1).status == "ready"
+    return "bard"
+
+
+@pytest.fixture(scope="module")
+def app(cluster, model, tmp_path_factory) -> str:
+    url = deploy(cluster, cluster_serve_config(free_port()), tmp_path_factory.mktemp("serve"))
+    wait_until(lambda: running("Generator") == 2 and running("Ingress") == 2, 120,
+               what="2 Generator and 2 Ingress replicas")
+    return url
+
+
+def generate(url: str, model: str, seed: int, max_length: int = 200) -> requests.Response:
+    return requests.post(f"{url}/models/{model}/generate", timeout=60,
+                         headers={"Connection": "close"},
+                         json={"prime": "ROMEO:", "max_length": max_length, "seed": seed})
+
+
+def scrape(url: str) -> str:
+    try:
+        return requests.get(url, timeout=5).text
+    except requests.RequestException:
+        return ""
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus series over the lines whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}\{{(.*)\}} ([0-9.e+-]+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def test_replicas_and_proxies_on_every_node_serve_the_model(cluster, app, model):
+    from ray import serve
+
+    workers = {n.node_id for n in cluster.workers}
+    generator_nodes = [a["node_id"] for a in cluster.actors(GENERATOR)]
+    assert len(generator_nodes) == 2 and set(generator_nodes) == workers, generator_nodes
+    ingress_nodes = [a["node_id"] for a in cluster.actors("ServeReplica:rnnserve:Ingress")]
+    assert ingress_nodes == [cluster.head.node_id] * 2
+    proxies = serve.status().proxies
+    assert set(proxies) == set(cluster.alive_nodes()), proxies
+    assert all(str(status).endswith("HEALTHY") for status in proxies.values()), proxies
+
+    # 8 clients at once, more than one replica admits (max_ongoing_requests 4): both serve.
+    answers, lock = [], threading.Lock()
+
+    def client(i):
+        for j in range(4):
+            response = generate(app, model, seed=7 if j == 0 else 100 * i + j, max_length=400)
+            with lock:
+                answers.append((j == 0, response.status_code, response.json()))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [code for _, code, _ in answers] == [200] * 32, answers
+    assert all(body["generated_chars"] == 400 for _, _, body in answers)
+    # Seeded generation gives the same text on whichever replica served it.
+    assert len({body["text"] for same_seed, _, body in answers if same_seed}) == 1
+
+    # Each node's metrics (its own export port): its proxy answered requests, and each
+    # Generator replica that served the model loaded it.
+    last = {}
+
+    def per_node():
+        for node_id in cluster.alive_nodes():
+            text = scrape(cluster.metrics_url(node_id))
+            last[node_id] = (
+                metric_total(text, "ray_serve_num_http_requests_total", method="POST",
+                             status_code="200"),
+                metric_total(text, "ray_rnnserve_model_load_seconds_count", model=f"{model}:1"),
+                metric_total(text, "ray_serve_deployment_request_counter_total",
+                             deployment="Generator"))
+        return (all(http > 0 for http, _, _ in last.values())
+                and all(last[n][1] >= 1 for n in generator_nodes))
+
+    try:
+        wait_until(per_node, 60, interval=3, what="per-node metrics")
+    except TimeoutError:
+        raise AssertionError(f"per node (proxy requests answered 200, loads of {model}:1, "
+                             f"Generator requests): {last}") from None
+    for node_id in generator_nodes:
+        _, loads, served = last[node_id]
+        assert served > 0 and loads >= 1, (node_id, last[node_id])
+
+
+@pytest.fixture(scope="module")
+def node_loss(cluster, app, model) -> dict:
+    """One node loss under load, shared by the assertions below: 6 clients (1 streaming), each
+    one request at a time, ~1 s requests; the node of one Generator replica dies, a spare node
+    joins."""
+    result = node_loss_under_load(cluster, app, model, clients=6, stream_clients=1,
+                                  max_length=800)
+    summary = summarize_loss(result)
+    print("\nnode loss under load:", summary)
+    return {"result": result, "summary": summary}
+
+
+def test_serve_replaces_a_replica_lost_with_its_node(cluster, app, model, node_loss):
+    result, summary = node_loss["result"], node_loss["summary"]
+    assert summary["requests_before_kill"] > 0 and summary["failed_before_kill"] == 0, summary
+    assert result["t_back"] is not None, "two Generator replicas never ran again"
+    assert summary["replicas_back_after_s"] < 60, summary
+    nodes = [a["node_id"] for a in cluster.actors(GENERATOR)]
+    assert len(set(nodes)) == 2 and result["victim"] not in nodes
+    assert set(nodes) <= {n.node_id for n in cluster.workers}
+    # The app serves again from both nodes' replicas.
+    for seed in range(6):
+        assert generate(app, model, seed).status_code == 200
+    # Requests kept succeeding through the loss.
+    assert summary["non_streaming"]["ok"] > 0
+
+
+def test_a_stream_cut_by_the_node_loss_ends_as_an_error(node_loss):
+    """A stream that ends cleanly has every character asked for: a cut one must end as an error
+    the client sees (an incomplete chunked body), never as a clean, short end."""
+    summary = node_loss["summary"]
+    assert summary["streaming"]["short"] == 0, summary
+    assert summary["streaming"]["ok"] + summary["streaming"]["cut"] > 0, summary
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the ingress does not yet retry a non-streaming generate request whose Generator replica "
+    "died before it produced text (issue 15, item 4): it answers 500"))
+def test_no_non_streaming_request_fails_through_a_surviving_proxy(node_loss):
+    """Target: 0 failed non-streaming requests among those a surviving proxy answered (a
+    connection the dying node's own proxy held is reset; only the client can retry that)."""
+    summary = node_loss["summary"]
+    assert summary["non_streaming"]["http"] == 0, summary
