@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks import RESULTS, SHARED_DATA, run_trainer
+from models.artifacts import HISTORY_FILE
 
 # (a) The reference's default model and hyperparameters.
 REFERENCE_DEFAULT = ["--lstm_size", "128", "--num_layers", "2", "--num_seqs", "32",
@@ -29,8 +30,6 @@ REFERENCE_DEFAULT = ["--lstm_size", "128", "--num_layers", "2", "--num_seqs", "3
 OURS = ["--lstm_size", "256", "--num_layers", "2", "--use_embedding", "--embedding_size", "64",
         "--num_seqs", "32", "--num_steps", "64", "--learning_rate", "0.004", "--lr_decay", "0.1",
         "--train_keep_prob", "0.9"]
-# How the trainer's log shows the metrics it reports with a checkpoint: name-value pairs.
-CHECKPOINT_LINE = "checkpoint: "
 
 
 def train(storage: str, name: str, model_flags: list[str], workers: int, minutes: float,
@@ -59,19 +58,11 @@ def train(storage: str, name: str, model_flags: list[str], workers: int, minutes
 
 
 def checkpoint_metrics(registry, name: str, version: int) -> list[dict]:
-    """The metrics the trainer reported to Ray Train with each checkpoint of the version, in
-    order, as {name: number}.
-
-    The registry keeps only the best checkpoint's metrics (as the version's) and Ray Train only
-    the checkpoints it retains, so the whole series is read from the version's training log,
-    where the trainer writes each report as one line of name-value pairs."""
-    series = []
-    for line in registry.read_logs(name, version, limit=100_000):
-        if line.startswith(CHECKPOINT_LINE):
-            fields = line.removeprefix(CHECKPOINT_LINE).split()
-            series.append({key: float(value)
-                           for key, value in zip(fields[::2], fields[1::2], strict=True)})
-    return series
+    """The metrics the trainer reported with each checkpoint of the version, in order (the
+    version's history.json)."""
+    _, directory = registry.fetch_version(name, version)
+    with open(os.path.join(directory, HISTORY_FILE), encoding="utf-8") as f:
+        return json.load(f)["history"]
 
 
 def ready_run(registry, name: str):

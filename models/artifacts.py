@@ -1,6 +1,7 @@
 """Reading and writing a version's artifact directory.
 
-`config.json` (kind, architecture, training params), `model.weights.h5`, `metrics.json`;
+`config.json` (kind, architecture, training params), `model.weights.h5`, `metrics.json` (the
+kept checkpoint's), `history.json` (every checkpoint's metrics, in order);
 char-RNNs also `vocab.json`, classifiers `saved_model/` (servable by TF Serving as is).
 Only weights are stored as HDF5; everything a loader must trust is JSON, so
 loading a model never executes code from the artifact.
@@ -19,6 +20,7 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 WEIGHTS_FILE = "model.weights.h5"
 METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
 SAVED_MODEL_DIR = "saved_model"
 
 

@@ -7,8 +7,9 @@ supplies a `LoopTask` (model, per-worker batches, loss, evaluation) built from t
 save/restore, reporting to Ray Train and the training log.
 
 Checkpoints hold `model.weights.h5`, the optimizer's variables (`optimizer.npz`) and
-`state.json` (step, metrics), so a restarted worker group continues at the saved step with
-the optimizer's moments intact instead of starting again at step 0.
+`state.json` (step, the metrics of every checkpoint so far), so a restarted worker group
+continues at the saved step with the optimizer's moments intact instead of starting again at
+step 0, and the run's whole metrics history survives with it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from models.config import RunConfig
 
 OPTIMIZER_FILE = "optimizer.npz"
 STATE_FILE = "state.json"
+HISTORY = "history"  # state.json's list of every checkpoint's metrics, oldest first
 
 
 @dataclass(frozen=True)
@@ -172,12 +174,13 @@ class MetricsWindow:
         return metrics
 
 
-def _report_checkpoint(model, optimizer, metrics: dict, rank: int) -> None:
+def _report_checkpoint(model, optimizer, history: list[dict], rank: int) -> None:
     import ray.train
 
+    metrics = history[-1]
     with tempfile.TemporaryDirectory() as directory:
         # Every worker writes (saving may need all of them), only rank 0's is kept.
-        _save_checkpoint(directory, model, optimizer, {"step": metrics["step"], "metrics": metrics})
+        _save_checkpoint(directory, model, optimizer, {"step": metrics["step"], HISTORY: history})
         ray.train.report(metrics, checkpoint=(ray.train.Checkpoint.from_directory(directory)
                                               if rank == 0 else None))
 
@@ -203,11 +206,12 @@ def run_training_loop(task: LoopTask) -> None:
         optimizer = keras.optimizers.Adam(run.learning_rate, global_clipnorm=run.grad_clip)
         optimizer.build(model.trainable_variables)
 
-    step = 0
+    step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:
-            step = _restore_checkpoint(directory, model, optimizer)["step"]
+            state = _restore_checkpoint(directory, model, optimizer)
+        step, history = state["step"], state[HISTORY]
         if rank == 0:
             log(f"resumed from checkpoint at step {step}")
 
@@ -249,10 +253,10 @@ def run_training_loop(task: LoopTask) -> None:
             if rank == 0:
                 log(window.log_line(step, schedule.learning_rate if schedule.decays else None))
         if save_step or step == last_step:
-            metrics = window.close(step, model)
-            _report_checkpoint(model, optimizer, metrics, rank)
+            history.append(window.close(step, model))
+            _report_checkpoint(model, optimizer, history, rank)
             if rank == 0:
-                log(_format_metrics(metrics))
+                log(_format_metrics(history[-1]))
 
 
 def _format_metrics(metrics: dict) -> str:

@@ -3,13 +3,15 @@ the best checkpoint copied out as the version's files."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 from collections.abc import Callable
 
+from models.artifacts import HISTORY_FILE, write_json
 from registry import ArtifactStore
-from trainers.loop import OPTIMIZER_FILE, STATE_FILE, WorkerPayload
+from trainers.loop import HISTORY, OPTIMIZER_FILE, STATE_FILE, WorkerPayload
 from trainers.training_job import Score, TrainingJob, TrainingParams
 
 TRAINING_ONLY = (OPTIMIZER_FILE, STATE_FILE)  # checkpoint files a version does not need
@@ -37,7 +39,8 @@ def _run_worker(config: dict) -> None:
 def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: TrainingParams,
         data: tuple, score: Score, init_weights: bytes | None = None) -> dict:
     """Run `worker` on the run config's Ray Train workers; copy the best checkpoint's model
-    files (by `score`) into the job's output directory and return the metrics reported with it.
+    files (by `score`) into the job's output directory with the metrics of every checkpoint of
+    the run (from the latest one), and return the metrics reported with the best.
 
     Checkpoints go to the model's runs folder on the shared storage, so a worker that dies on
     one node resumes on another from the latest one (`FailureConfig.max_failures`).
@@ -74,6 +77,9 @@ def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: Train
     if best is None:
         raise RuntimeError("training finished without reporting a checkpoint")
     metrics = next(m for c, m in result.best_checkpoints if c.path == best.path)
+    with result.checkpoint.as_directory() as latest:  # Ray Train always keeps the latest
+        with open(os.path.join(latest, STATE_FILE)) as f:
+            write_json(job.output_dir, HISTORY_FILE, {HISTORY: json.load(f)[HISTORY]})
     with best.as_directory() as directory:
         for entry in os.listdir(directory):
             if entry in TRAINING_ONLY:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -48,8 +49,12 @@ def test_two_workers_register_a_ready_version_that_reloads_to_the_same_loss(
                          "--lr_decay", "0.1", "--max_minutes", "30", *SMALL_MODEL))
     record, directory = registry.fetch_version("two-workers")
     assert record.status == "ready" and record.version == 1
-    assert sorted(os.listdir(directory)) == ["config.json", "metrics.json", "model.weights.h5",
-                                             "vocab.json"]
+    assert sorted(os.listdir(directory)) == ["config.json", "history.json", "metrics.json",
+                                             "model.weights.h5", "vocab.json"]
+    with open(os.path.join(directory, "history.json")) as f:
+        history = json.load(f)["history"]
+    assert [m["step"] for m in history] == [15, 30]  # both checkpoints, the kept one among them
+    assert record.metrics["val_loss"] == min(m["val_loss"] for m in history)
     assert registry.get_alias("two-workers", "production") == 1
     for key in ("train_loss", "val_loss", "val_bpc", "items_per_s", "step", "params"):
         assert key in record.metrics, key
