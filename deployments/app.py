@@ -33,6 +33,8 @@ class AppArgs(BaseModel):
     max_waiting: int = Field(512, ge=0, description="queued requests per model before 503")
     classifier_max_batch: int = Field(64, ge=1, description="examples per classifier batch")
     classifier_batch_wait_s: float = Field(0.005, ge=0, description="wait to fill a batch")
+    job_server_grace_s: float = Field(600, ge=0, description="how long the job server may be "
+                                      "unreachable before running versions are marked failed")
     limits: dict[str, Any] = Field(default_factory=dict, description="see deployments/limits.py")
 
 
@@ -48,7 +50,8 @@ def build_app(args: AppArgs):
         max_batch_size=args.classifier_max_batch,
         batch_wait_timeout_s=args.classifier_batch_wait_s)
     return Ingress.bind(generator, classifier, settings=settings, limits=limits,
-                        dashboard_address=args.dashboard_address)
+                        dashboard_address=args.dashboard_address,
+                        job_server_grace_s=args.job_server_grace_s)
 
 
 app = build_app

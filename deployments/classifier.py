@@ -11,9 +11,10 @@ import asyncio
 import numpy as np
 from ray import serve
 
+from deployments.model_cache import LoadedModels
 from models.artifacts import load_classifier
 from models.devices import enable_gpu_memory_growth
-from registry import Registry, Settings, parse_model_ref
+from registry import Registry, Settings
 
 
 class LoadedClassifier:
@@ -35,10 +36,14 @@ class Classifier:
         enable_gpu_memory_growth()
         self.registry = Registry(Settings.from_env(**settings))
 
-        async def load(model_id: str) -> LoadedClassifier:
-            name, version = parse_model_ref(model_id)
-            _, directory = await asyncio.to_thread(self.registry.fetch_version, name, version)
+        async def build(model_id: str, directory: str) -> LoadedClassifier:
             return LoadedClassifier(*await asyncio.to_thread(load_classifier, directory))
+
+        self.models = LoadedModels(self.registry, build, release=lambda model: None)
+        self._forget_task = asyncio.get_event_loop().create_task(self.models.forget_deleted())
+
+        async def load(model_id: str):
+            return await self.models.load(model_id)
 
         self.get_model = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(load)
         self.predict_batch.set_max_batch_size(max_batch_size)
@@ -46,7 +51,9 @@ class Classifier:
 
     @serve.batch  # sized in __init__, from the app's arguments
     async def predict_batch(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        model = await self.get_model(serve.get_multiplexed_model_id())
+        model_id = serve.get_multiplexed_model_id()
+        await self.get_model(model_id)
+        model = self.models.get(model_id)
         sizes = [len(b) for b in batches]
         probabilities = await asyncio.to_thread(model, np.concatenate(batches))
         return np.split(probabilities, np.cumsum(sizes)[:-1])

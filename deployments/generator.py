@@ -1,10 +1,10 @@
 """Generator deployment: multiplexed char-RNN models, each with a continuous-batching engine.
 
 A replica keeps up to `max_models_per_replica` models loaded (LRU, via @serve.multiplexed);
-the ingress routes each request with the model id `name:version`, so requests for one model
-land on replicas that already hold it. Each loaded model owns a SamplingEngine whose loop
-runs one batched step for every active sequence of that model; this class only adapts the
-engine to Serve (requests, streaming, metrics).
+the ingress routes each request with the version's model id (`name:version@digest`, never
+reused), so requests for one model land on replicas that already hold it. Each loaded model
+owns a SamplingEngine whose loop runs one batched step for every active sequence of that
+model; this class only adapts the engine to Serve (requests, streaming, metrics).
 """
 
 from __future__ import annotations
@@ -16,25 +16,13 @@ from ray import serve
 
 from deployments.errors import Overloaded
 from deployments.metrics import GeneratorMetrics
+from deployments.model_cache import LoadedModels, model_tags
 from models.artifacts import load_charrnn
 from models.config import SampleConfig
 from models.devices import enable_gpu_memory_growth
 from models.runner import StepRunner
-from registry import Registry, Settings, parse_model_ref
+from registry import Registry, Settings
 from sampling import QueueFull, SamplingEngine
-
-
-class LoadedModel:
-    """A model's engine and the task driving it; unloading (LRU eviction) stops the task."""
-
-    def __init__(self, model_id: str, engine: SamplingEngine, on_unload):
-        self.model_id, self.engine, self._on_unload = model_id, engine, on_unload
-        self.task = asyncio.get_running_loop().create_task(engine.run())
-
-    def __del__(self):
-        # Sequences already admitted finish first: an evicted model does not fail requests.
-        self.engine.close()
-        self._on_unload(self.model_id, self.engine)
 
 
 @serve.deployment
@@ -46,50 +34,50 @@ class Generator:
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.generation_timeout_s = generation_timeout_s
         self.metrics = GeneratorMetrics()
-        self.engines: dict[str, SamplingEngine] = {}  # the models this replica holds now
+        self.engines = LoadedModels(self.registry, self._start_engine, SamplingEngine.close)
+        self._engine_loops: set[asyncio.Task] = set()
+        self._forget_task = asyncio.get_event_loop().create_task(self.engines.forget_deleted())
 
-        async def load(model_id: str) -> LoadedModel:
-            return await self._load(model_id)
+        async def load(model_id: str):
+            return await self.engines.load(model_id)
 
         # Decorated here (not on the class) so the cache size comes from serve_config.yaml.
         self.get_model = serve.multiplexed(max_num_models_per_replica=max_models_per_replica)(load)
 
-    async def _load(self, model_id: str) -> LoadedModel:
+    async def _start_engine(self, model_id: str, directory: str) -> SamplingEngine:
+        """A model's engine, its loop running until the engine is closed (on release, the
+        sequences already admitted finish first: an evicted model fails no request)."""
         started = time.perf_counter()
-        name, version = parse_model_ref(model_id)
-        _, directory = await asyncio.to_thread(self.registry.fetch_version, name, version)
+        tags = model_tags(model_id)
         model, config, vocab = await asyncio.to_thread(load_charrnn, directory)
-        runner = StepRunner.from_model(model, config)
         engine = SamplingEngine(
-            runner, vocab, max_batch=self.max_batch, max_waiting=self.max_waiting,
+            StepRunner.from_model(model, config), vocab, max_batch=self.max_batch,
+            max_waiting=self.max_waiting,
             on_finish=lambda reason: self.metrics.requests_finished.inc(
-                tags={"model": model_id, "reason": reason}))
-        self.metrics.model_load_seconds.observe(time.perf_counter() - started,
-                                                tags={"model": model_id})
-        self.engines[model_id] = engine
-        return LoadedModel(model_id, engine, self._unloaded)
-
-    def _unloaded(self, model_id: str, engine: SamplingEngine) -> None:
-        # Only if not loaded again since: a late finalizer must not drop the newer engine.
-        if self.engines.get(model_id) is engine:
-            del self.engines[model_id]
+                tags={**tags, "reason": reason}))
+        loop = asyncio.get_running_loop().create_task(engine.run())
+        self._engine_loops.add(loop)
+        loop.add_done_callback(self._engine_loops.discard)
+        self.metrics.model_load_seconds.observe(time.perf_counter() - started, tags=tags)
+        return engine
 
     async def _engine(self) -> tuple[str, SamplingEngine]:
         model_id = serve.get_multiplexed_model_id()
         counter = self.metrics.cache_hits if model_id in self.engines else self.metrics.cache_misses
-        counter.inc(tags={"model": model_id})
-        return model_id, (await self.get_model(model_id)).engine
+        counter.inc(tags=model_tags(model_id))
+        await self.get_model(model_id)
+        return model_id, self.engines.get(model_id)
 
     def _submit(self, engine: SamplingEngine, model_id: str, sample: SampleConfig):
         try:
             handle = engine.submit(sample, deadline_s=self.generation_timeout_s)
         except QueueFull as error:
             raise Overloaded(f"model {model_id} is busy: {error}") from None
-        self.metrics.queue_depth.set(engine.queue_depth, tags={"model": model_id})
+        self.metrics.queue_depth.set(engine.queue_depth, tags=model_tags(model_id))
         return handle
 
     def _record(self, model_id: str, engine: SamplingEngine, handle, chars: int) -> None:
-        tags = {"model": model_id}
+        tags = model_tags(model_id)
         self.metrics.chars.inc(chars, tags=tags)
         for occupancy in engine.drain_occupancy():
             self.metrics.batch_occupancy.observe(occupancy, tags=tags)

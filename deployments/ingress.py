@@ -1,9 +1,9 @@
 """The HTTP front door (FastAPI under @serve.ingress): the routes documented at /docs.
 
 The ingress owns no model: it validates input, talks to the registry and the job client, and
-routes generation/prediction to the Generator/Classifier deployments with a multiplexed model
-id `name:version`, resolving the `production` alias here so a promotion takes effect at the
-next request without restarting a replica.
+routes generation/prediction to the Generator/Classifier deployments with the version's
+multiplexed model id (`name:version@digest`, never reused), resolving the `production` alias
+here so a promotion takes effect at the next request without restarting a replica.
 """
 
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
@@ -21,10 +22,10 @@ from deployments.errors import ApiError, Overloaded, install_error_handlers
 from deployments.guards import BODY_TOO_LARGE, RequestGuards
 from deployments.limits import Limits
 from deployments.metrics import JobMetrics
-from deployments.predict_input import parse_predict_body
-from deployments.schemas import GenerateRequest, PromoteRequest, sample_config
+from deployments.predict_input import parse_json_body, parse_predict_body
+from deployments.schemas import DB_INT_MAX, GenerateRequest, PromoteRequest, sample_config
 from deployments.training_jobs import TrainingJobs
-from registry import ACTIVE, PRODUCTION, Registry, Settings, format_model_ref, validate_name
+from registry import ACTIVE, PRODUCTION, Registry, Settings, validate_name
 from trainers.families import FAMILIES
 
 logger = logging.getLogger("ray.serve")
@@ -48,13 +49,15 @@ async def _prepend(first: str, rest):
 @serve.ingress(app)
 class Ingress:
     def __init__(self, generator, classifier, settings: dict, limits: Limits,
-                 dashboard_address: str | None = None, job_sync_interval_s: float = 5.0):
+                 dashboard_address: str | None, job_server_grace_s: float,
+                 job_sync_interval_s: float = 5.0):
         self.settings = Settings.from_env(**settings)
         self.registry = Registry(self.settings)
         self.limits = limits
         self.generator = generator
         self.classifier = classifier
-        self.jobs = TrainingJobs(self.registry, self.settings, dashboard_address)
+        self.jobs = TrainingJobs(self.registry, self.settings, dashboard_address,
+                                 job_server_grace_s)
         self.job_metrics = JobMetrics()
         self._sync_task = asyncio.get_event_loop().create_task(self._sync_jobs(job_sync_interval_s))
 
@@ -64,7 +67,10 @@ class Ingress:
         replica's own app rather than to the module's."""
         self.app.add_middleware(RequestGuards, max_upload_bytes=self.limits.max_upload_bytes,
                                 limiters=self.limits.rate_limiters(),
-                                api_key=self.settings.api_key)
+                                api_key=self.settings.api_key,
+                                max_body_bytes=self.limits.max_body_bytes,
+                                min_body_bytes_per_s=self.limits.min_body_bytes_per_s,
+                                body_grace_s=self.limits.body_grace_s)
         return self.app
 
     async def _sync_jobs(self, interval: float) -> None:
@@ -113,7 +119,8 @@ class Ingress:
         data = await file.read(self.limits.max_upload_bytes + 1)
         if len(data) > self.limits.max_upload_bytes:
             raise ApiError(413, f"upload larger than {self.limits.max_upload_bytes} bytes")
-        record = await self.jobs.start(family, name, file.filename or "upload", data, params)
+        record = await self.jobs.start(family, name, file.filename or "upload", data, params,
+                                       max_unpacked_bytes=self.limits.max_unpacked_bytes)
         return JSONResponse({"name": name, "version": record.version, "job_id": record.job_id,
                              "status": record.status, "kind": kind}, status_code=202)
 
@@ -126,7 +133,8 @@ class Ingress:
         return self.registry.get_model(validate_name(name))
 
     @app.get("/models/{name}/versions/{version}/logs")
-    async def logs(self, name: str, version: int, offset: int = Query(0, ge=0),
+    async def logs(self, name: str, version: int = PathParam(..., ge=1, le=DB_INT_MAX),
+                   offset: int = Query(0, ge=0, le=DB_INT_MAX),
                    limit: int = Query(1000, ge=1, le=10_000)) -> dict:
         record = self.registry.get_version(validate_name(name), version)
         lines = self.registry.read_logs(name, version, offset, limit)
@@ -141,7 +149,8 @@ class Ingress:
         return {"name": name, PRODUCTION: body.version}
 
     @app.post("/models/{name}/versions/{version}/cancel")
-    async def cancel(self, name: str, version: int, request: Request) -> dict:
+    async def cancel(self, name: str, request: Request,
+                     version: int = PathParam(..., ge=1, le=DB_INT_MAX)) -> dict:
         self._authorize(request)
         record = self.registry.get_version(validate_name(name), version)
         if record.status not in ACTIVE:
@@ -175,7 +184,7 @@ class Ingress:
         if record.status != "ready":
             raise ApiError(409, f"version {record.version} of {name} is {record.status}, "
                                 "not ready")
-        return record, format_model_ref(name, record.version)
+        return record, record.model_id
 
     @app.post("/models/{name}/generate")
     async def generate(self, name: str, body: GenerateRequest):
@@ -205,14 +214,14 @@ class Ingress:
 
     @app.post("/models/{name}/predict")
     async def predict(self, name: str, request: Request,
-                      version: int | None = Query(None, ge=1)) -> dict:
+                      version: int | None = Query(None, ge=1, le=DB_INT_MAX)) -> dict:
         """Body `{"data": ...}`: one example (T*F numbers, or T lists of F) or a list of them;
         a bare JSON array of T*F numbers works too. Answers probabilities and argmax labels."""
         record, model_id = self._servable(name, version, "lstm-classifier")
         try:
-            body = await request.json()
-        except ValueError:
-            raise ApiError(400, "the body is not valid JSON") from None
+            body = parse_json_body(await request.body())
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
         config = record.params
         try:
             x, batched = parse_predict_body(body, int(config["timesteps"]),

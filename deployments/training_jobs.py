@@ -3,30 +3,39 @@ the registry.
 
 The job runs exactly what a user would `ray job submit`: `python -m trainers.<family> ...`.
 The trainer itself records `training`/`ready`/`failed`; `sync_statuses` covers what it cannot,
-a job that died before it could write (killed, out of memory, never started).
+a job that died before it could write (killed, out of memory, never started). Not being able
+to ask (the job server restarting, a timeout) is not an answer: a version is marked failed
+only when its job reports an end, when the cluster says it has no such job, or after the job
+server has been unreachable for a grace period. And a run that finishes anyway is published:
+the registry lets a finished run turn a `failed` guess into `ready`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import sys
+import time
 import uuid
 
 from deployments.errors import ApiError
 from registry import ACTIVE, Registry, Settings, VersionRecord, parse_model_ref
 from trainers.families import Family, TrainingParams
 
+logger = logging.getLogger("ray.serve")
 # Ray job status -> the version status it implies once the job has ended.
 ENDED = {"FAILED": "failed", "STOPPED": "cancelled", "SUCCEEDED": "failed"}
 
 
 class TrainingJobs:
     def __init__(self, registry: Registry, settings: Settings,
-                 dashboard_address: str | None = None):
+                 dashboard_address: str | None = None, unreachable_grace_s: float = 600.0):
         self.registry, self.settings = registry, settings
         self.dashboard_address = dashboard_address
+        self.unreachable_grace_s = unreachable_grace_s
         self._client = None
+        self._unreachable_since: float | None = None  # first failed ask of the current outage
 
     @property
     def client(self):
@@ -42,7 +51,8 @@ class TrainingJobs:
         return self._client
 
     async def start(self, family: Family, name: str, filename: str, data: bytes,
-                    params: TrainingParams) -> VersionRecord:
+                    params: TrainingParams,
+                    max_unpacked_bytes: int | None = None) -> VersionRecord:
         """Check an upload, store it, queue a version and submit its training job.
 
         Nothing is stored for an upload that could never train (400), and a failure after
@@ -51,7 +61,8 @@ class TrainingJobs:
         if not data:
             raise ApiError(400, "the uploaded file is empty")
         try:
-            params = await asyncio.to_thread(family.check_upload, data, params)
+            params = await asyncio.to_thread(family.check_upload, data, params,
+                                             max_unpacked_bytes=max_unpacked_bytes)
             parent = parse_model_ref(params.run.init_from) if params.run.init_from else None
         except ValueError as error:
             raise ApiError(400, str(error)) from None
@@ -96,26 +107,50 @@ class TrainingJobs:
 
     def sync_statuses(self) -> list[tuple[str, int, str]]:
         """Mark versions whose job ended without the trainer recording it; returns the changes."""
-        registry = self.registry
         changes = []
-        for model in registry.list_models():
-            for record in registry.list_versions(model["name"]):
+        for model in self.registry.list_models():
+            for record in self.registry.list_versions(model["name"]):
                 if record.status not in ACTIVE or not record.job_id:
                     continue
-                try:
-                    info = self.client.get_job_info(record.job_id)
-                except Exception:  # noqa: BLE001 - unknown to this cluster (e.g. it restarted)
-                    info = None
-                job_status = str(getattr(info, "status", "LOST")).split(".")[-1]
-                if info is not None and job_status not in ENDED:
+                ended = self._job_end(record.job_id)
+                if ended is None:
                     continue
                 # Re-read: the trainer may have finished between the two reads.
-                if registry.get_version(record.name, record.version).status not in ACTIVE:
+                if self.registry.get_version(record.name, record.version).status not in ACTIVE:
                     continue
-                new_status = ENDED.get(job_status, "failed")
-                message = getattr(info, "message", None) or "the job is gone (cluster restarted?)"
-                registry.append_logs(record.name, record.version,
-                                     [f"job {record.job_id} ended {job_status}: {message}"])
-                registry.update_version(record.name, record.version, status=new_status)
+                new_status, message = ended
+                self.registry.append_logs(record.name, record.version,
+                                          [f"job {record.job_id}: {message}"])
+                self.registry.update_version(record.name, record.version, status=new_status)
                 changes.append((record.name, record.version, new_status))
         return changes
+
+    def _job_end(self, job_id: str) -> tuple[str, str] | None:
+        """(version status, reason) once the job has ended; None while it runs or while the
+        job server cannot be asked (within the grace period)."""
+        try:
+            info = self.client.get_job_info(job_id)
+        except RuntimeError as error:
+            if "404" in str(error) or "does not exist" in str(error):
+                self._unreachable_since = None
+                return "failed", "the cluster has no such job (restarted without its state?)"
+            return self._unreachable(job_id, error)
+        except Exception as error:  # noqa: BLE001 - connection refused, timeouts
+            return self._unreachable(job_id, error)
+        self._unreachable_since = None
+        status = str(info.status).split(".")[-1]
+        if status not in ENDED:
+            return None
+        return ENDED[status], f"ended {status}: {info.message or 'no message'}"
+
+    def _unreachable(self, job_id: str, error: Exception) -> tuple[str, str] | None:
+        self._client = None  # a restarted job server may need a new connection
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        down = now - self._unreachable_since
+        logger.warning("job server unreachable for %.0f s (%s: %s)", down,
+                       type(error).__name__, error)
+        if down < self.unreachable_grace_s:
+            return None
+        return "failed", f"the job server was unreachable for {down:.0f} s"

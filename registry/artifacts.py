@@ -1,12 +1,15 @@
 """Artifact storage over a local path (or NFS mount) or any pyarrow filesystem URI (s3://).
 
 Layout under the root, owned by this class: `uploads/<name>/<id>-<file>` for training data,
-`models/<name>/v<N>/` for a version's artifacts, `runs/<name>/` for its Ray Train runs
-(checkpoints), so everything a model stores is found (and deleted) by its name.
+`models/<name>/v<N>-<digest>/` for a version's artifacts (content-addressed: a path never
+holds other bytes than the first ones written to it, so no copy of it can go stale),
+`runs/<name>/` for its Ray Train runs (checkpoints), so everything a model stores is found
+(and deleted) by its name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -17,6 +20,20 @@ from urllib.parse import urlparse
 from pyarrow import fs as pafs
 
 _VERSIONS, _UPLOADS, _RUNS = "models", "uploads", "runs"
+DIGEST_CHARS = 16  # of the sha256 in paths and model ids: 64 bits, no collision in practice
+
+
+def directory_digest(local_dir: str) -> str:
+    """sha256 over a directory's files: their relative paths, sizes and bytes."""
+    digest = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(local_dir)):
+        for file in sorted(files):
+            path = os.path.join(folder, file)
+            digest.update(f"{os.path.relpath(path, local_dir)}\0{os.path.getsize(path)}\0".encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def _safe_filename(filename: str) -> str:
@@ -65,8 +82,9 @@ class ArtifactStore:
     def uri(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *[p.strip("/") for p in parts]])
 
-    def version_path(self, name: str, version: int) -> str:
-        return f"{_VERSIONS}/{name}/v{version}"
+    def version_path(self, name: str, version: int, digest: str | None) -> str:
+        # Versions published before digests existed live at the plain `v<N>`.
+        return f"{_VERSIONS}/{name}/v{version}" + (f"-{digest[:DIGEST_CHARS]}" if digest else "")
 
     def upload_path(self, name: str, filename: str) -> str:
         return f"{_UPLOADS}/{name}/{uuid.uuid4().hex[:12]}-{_safe_filename(filename)}"

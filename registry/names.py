@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from registry.artifacts import DIGEST_CHARS
 from registry.errors import InvalidName
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -31,3 +32,17 @@ def parse_model_ref(reference: str) -> tuple[str, int | None]:
 
 def format_model_ref(name: str, version: int) -> str:
     return f"{name}:{version}"
+
+
+def format_model_id(name: str, version: int, identity: str) -> str:
+    """A version's model id, `NAME:VERSION@IDENTITY` (see VersionRecord.model_id)."""
+    return f"{format_model_ref(name, version)}@{identity[:DIGEST_CHARS]}"
+
+
+def parse_model_id(model_id: str) -> tuple[str, int, str]:
+    """`NAME:VERSION@IDENTITY` -> (name, version, identity)."""
+    reference, _, identity = model_id.partition("@")
+    name, version = parse_model_ref(reference)
+    if version is None or not identity:
+        raise ValueError(f"expected NAME:VERSION@IDENTITY, got {model_id!r}")
+    return name, version, identity

@@ -28,6 +28,8 @@ versions = sa.Table(
     sa.Column("params", sa.JSON, nullable=False),
     sa.Column("metrics", sa.JSON, nullable=False),
     sa.Column("artifact_uri", sa.String(1024)),
+    # sha256 of the published artifact files (revision 0002): the version's identity.
+    sa.Column("digest", sa.String(64)),
     sa.Column("job_id", sa.String(128)),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),

@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from registry import schema
-from registry.artifacts import ArtifactStore
+from registry.artifacts import ArtifactStore, directory_digest
 from registry.errors import Conflict, NotFound
-from registry.names import validate_name
+from registry.names import format_model_id, validate_name
 from registry.settings import Settings
 
 STATUSES = ("queued", "training", "ready", "failed", "cancelled")
@@ -50,6 +50,17 @@ class VersionRecord:
     job_id: str | None
     created_at: datetime
     updated_at: datetime
+    digest: str | None = None  # of the published artifacts
+
+    @property
+    def model_id(self) -> str:
+        """What replicas load and cache this version as: `name:version@<content digest>`.
+
+        Version numbers start again at 1 after a model is deleted, so `name:version` alone
+        could name other weights tomorrow; the digest makes the id never reused. (Versions
+        published before digests existed fall back to their creation time.)"""
+        return format_model_id(self.name, self.version, self.digest
+                               or self.created_at.strftime("%Y%m%dT%H%M%S%f"))
 
     def to_dict(self) -> dict:
         return {**{k: getattr(self, k) for k in ("name", "kind", "version", "status", "params",
@@ -145,7 +156,7 @@ class Registry:
                              status=row.status, params=dict(row.params or {}),
                              metrics=dict(row.metrics or {}), artifact_uri=row.artifact_uri,
                              job_id=row.job_id, created_at=row.created_at,
-                             updated_at=row.updated_at)
+                             updated_at=row.updated_at, digest=row.digest)
 
     # ---- versions -------------------------------------------------------------------------
     def create_version(self, name: str, kind: str = "charrnn", params: dict | None = None,
@@ -205,14 +216,16 @@ class Registry:
                             artifact_uri=artifact_uri, params=params)
 
     def _update(self, name, version, *, status=None, metrics=None, job_id=None,
-                artifact_uri=None, params=None) -> VersionRecord:
+                artifact_uri=None, params=None, digest=None,
+                may_leave: tuple[str, ...] = ()) -> VersionRecord:
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
 
         def attempt() -> VersionRecord:
             with self.engine.begin() as conn:
                 model, row = self._version_row(conn, name, version)
-                if status is not None and row.status in TERMINAL and status != row.status:
+                if (status is not None and row.status in TERMINAL and status != row.status
+                        and row.status not in may_leave):
                     raise Conflict(f"version {version} of {name!r} is already {row.status}")
                 values = {"updated_at": _now()}
                 if status is not None:
@@ -225,6 +238,8 @@ class Registry:
                     values["job_id"] = job_id
                 if artifact_uri is not None:
                     values["artifact_uri"] = artifact_uri
+                if digest is not None:
+                    values["digest"] = digest
                 # The status in WHERE makes this a compare-and-set against concurrent writers.
                 result = conn.execute(schema.versions.update().where(
                     schema.versions.c.id == row.id,
@@ -237,14 +252,19 @@ class Registry:
 
     def publish_version(self, name: str, version: int, local_dir: str,
                         metrics: dict | None = None) -> VersionRecord:
-        """Copy the artifacts to storage, then (only then) mark the version ready."""
+        """Copy the artifacts to storage, then (only then) mark the version ready.
+
+        A version marked `failed` by a status check that guessed wrong (its job looked gone)
+        still becomes ready: the run that finished with all its files is the authority."""
         record = self.get_version(name, version)
-        if record.status in TERMINAL:
+        if record.status in ("ready", "cancelled"):
             raise Conflict(f"version {version} of {name!r} is already {record.status}")
-        relpath = self.artifacts.version_path(name, version)
+        digest = directory_digest(local_dir)
+        relpath = self.artifacts.version_path(name, version, digest)
         self.artifacts.upload_dir(local_dir, relpath)
         return self._update(name, version, status="ready", metrics=metrics or {},
-                            artifact_uri=self.artifacts.uri(relpath))
+                            artifact_uri=self.artifacts.uri(relpath), digest=digest,
+                            may_leave=("failed",))
 
     def fetch_version(self, name: str, version: int | None = None,
                       dest_dir: str | None = None) -> tuple[VersionRecord, str]:
@@ -252,12 +272,13 @@ class Registry:
         record = self.get_version(name, version)
         if record.status != "ready":
             raise Conflict(f"version {record.version} of {name!r} is {record.status}, not ready")
-        relpath = self.artifacts.version_path(name, record.version)
+        relpath = self.artifacts.version_path(name, record.version, record.digest)
         local = self.artifacts.local_dir(relpath)
         if local is not None:
             return record, local
-        digest = hashlib.sha1(f"{self.settings.storage}/{relpath}".encode()).hexdigest()[:16]
-        dest = dest_dir or os.path.join(tempfile.gettempdir(), "rnnserve-cache", digest)
+        # The path is content-addressed, so a copy keyed by it is a copy of those bytes.
+        key = hashlib.sha1(f"{self.settings.storage}/{relpath}".encode()).hexdigest()[:16]
+        dest = dest_dir or os.path.join(tempfile.gettempdir(), "rnnserve-cache", key)
         if not os.path.isdir(dest):
             staging = f"{dest}.tmp-{os.getpid()}-{random.randrange(1 << 30)}"
             self.artifacts.download_dir(relpath, staging)

@@ -38,10 +38,11 @@ def test_train_register_and_sample_from_s3(ray_cluster, s3_endpoint, shakespeare
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
     record = registry.get_version("clouded", 1)
-    assert record.status == "ready" and record.artifact_uri == "s3://models/e2e/models/clouded/v1"
+    path = f"e2e/models/clouded/v1-{record.digest[:16]}"
+    assert record.status == "ready" and record.artifact_uri == f"s3://models/{path}"
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint)
             .list_objects_v2(Bucket="models", Prefix="e2e/")["Contents"]]
-    assert "e2e/models/clouded/v1/model.weights.h5" in keys
+    assert f"{path}/model.weights.h5" in keys
     assert any(k.startswith("e2e/runs/clouded/v1-") for k in keys), "no Ray Train checkpoint"
 
     os.environ["RNNSERVE_S3_ENDPOINT"] = s3_endpoint

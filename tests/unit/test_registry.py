@@ -106,7 +106,7 @@ def test_delete_removes_records_and_files(registry, tmp_path):
     registry.delete_model("gone")
     with pytest.raises(NotFound):
         registry.get_model("gone")
-    assert not store.exists(store.version_path("gone", 1))
+    assert not store.exists("models/gone")
     assert not store.exists(store.upload_path("gone", "x.txt").rsplit("/", 1)[0])
     assert not store.exists(store.runs_path("gone")) and store.exists(store.runs_path("gone-other"))
     assert registry.list_models() == []
@@ -160,3 +160,32 @@ def test_two_processes_writing_at_once_lose_nothing(settings):
         mine = [line for line in lines if line.startswith(tag)]
         assert mine == [f"{tag} {i}" for i in range(40)]
     assert [v.version for v in registry.list_versions("race")] == list(range(1, 81))
+
+
+def test_a_recreated_model_never_reuses_a_model_id(registry, tmp_path):
+    """Version numbers start again at 1 after a delete; the model id (what replicas cache)
+    carries the artifacts' content digest, so it names the new weights, not the old."""
+    registry.create_version("again")
+    first = registry.publish_version("again", 1, artifacts(tmp_path))
+    _, first_dir = registry.fetch_version("again", 1)
+    registry.delete_model("again")
+    registry.create_version("again")
+    (tmp_path / "out" / "model.weights.h5").write_text("other weights")
+    second = registry.publish_version("again", 1, artifacts(tmp_path, files=("config.json",)))
+    assert second.version == first.version == 1
+    assert first.digest and second.digest and second.model_id != first.model_id
+    assert second.model_id.startswith("again:1@")
+    _, second_dir = registry.fetch_version("again", 1)
+    assert second_dir != first_dir  # content-addressed: the old path is not reused either
+    with open(os.path.join(second_dir, "model.weights.h5")) as f:
+        assert f.read() == "other weights"
+
+
+def test_a_finished_run_overrides_a_failed_guess_but_not_a_cancel(registry, tmp_path):
+    registry.create_version("m")
+    registry.update_version("m", 1, status="failed")  # e.g. the job server looked gone
+    assert registry.publish_version("m", 1, artifacts(tmp_path)).status == "ready"
+    registry.create_version("m")
+    registry.update_version("m", 2, status="cancelled")
+    with pytest.raises(Conflict, match="cancelled"):
+        registry.publish_version("m", 2, artifacts(tmp_path))

@@ -1,0 +1,46 @@
+"""The job-status sync against a job server that cannot be reached (a real Ray job client on a
+closed loopback port, no Ray cluster): not being able to ask is not an answer."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from deployments.training_jobs import TrainingJobs
+from registry import Registry, Settings
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@pytest.fixture()
+def training(tmp_path):
+    settings = Settings.from_env(storage=str(tmp_path / "storage"),
+                                 db_url=f"sqlite:///{tmp_path}/registry.db")
+    registry = Registry(settings)
+    registry.create_version("m", status="training")
+    registry.update_version("m", 1, job_id="rnnserve-m-v1-0000")
+    jobs = TrainingJobs(registry, settings, f"http://127.0.0.1:{closed_port()}",
+                        unreachable_grace_s=3600)
+    return registry, jobs
+
+
+def test_an_unreachable_job_server_fails_nothing_within_the_grace(training):
+    registry, jobs = training
+    assert jobs.sync_statuses() == [] and jobs.sync_statuses() == []
+    assert registry.get_version("m", 1).status == "training"
+
+
+def test_past_the_grace_the_version_fails_and_a_finished_run_still_publishes(training, tmp_path):
+    registry, jobs = training
+    jobs.sync_statuses()  # the outage starts
+    jobs.unreachable_grace_s = 0
+    assert jobs.sync_statuses() == [("m", 1, "failed")]
+    assert any("unreachable" in line for line in registry.read_logs("m", 1))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.weights.h5").write_text("w")
+    assert registry.publish_version("m", 1, str(tmp_path / "out")).status == "ready"
