@@ -13,6 +13,7 @@ and teardown ends only this cluster's processes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -214,7 +215,7 @@ class NodeLossRun:
     """What happened to a training run that lost a node."""
 
     killed_node: str
-    checkpoint_at_kill: int  # latest checkpoint step in the log when the node died
+    checkpoint_at_kill: int  # latest checkpoint Ray Train's controller had when the node died
     step_at_kill: int  # latest step in the log when the node died
     resumed_at: list[int]
     nodes_after: list[str]  # nodes of the two workers after the resume
@@ -236,32 +237,45 @@ class NodeLossRun:
 
 def train_and_lose_a_node(cluster: SimCluster, registry, corpus: str, name: str, *,
                           max_steps: int, save_every_n: int, log_every_n: int,
-                          after_checkpoints: int = 2, settle_s: float = 3.0,
+                          after_checkpoints: int = 2,
                           timeout: float = 480) -> NodeLossRun:
     """Train with two workers on two nodes; once `after_checkpoints` checkpoints are logged and
-    the latest one has had `settle_s` to reach Ray Train's controller, the node of one worker
-    dies and a spare node joins; wait for the run to end."""
+    Ray Train's controller has the latest one, the node of one worker dies and a spare node
+    joins; wait for the run to end."""
     started = time.monotonic()
     process = start_trainer(cluster, "--input_file", corpus, "--name", name, "--num_workers", "2",
                             "--max_steps", str(max_steps), "--save_every_n", str(save_every_n),
                             "--log_every_n", str(log_every_n), "--max_failures", "3", *TINY_MODEL)
     try:
-        def ready_to_kill():
+        def controller_checkpoint():
+            """Step of the latest checkpoint Ray Train's controller has on its books (its
+            snapshot beside the run's checkpoints on the shared storage)."""
+            for path in Path(cluster.storage, "runs").rglob("checkpoint_manager_snapshot.json"):
+                if name in path.relative_to(cluster.storage).parts:
+                    try:
+                        latest = json.loads(path.read_text())["latest_checkpoint_result"]
+                    except (ValueError, KeyError, OSError):
+                        return None  # being rewritten
+                    return latest and latest["metrics"]["step"]
+            return None
+
+        def caught_up():
+            """At least `after_checkpoints` checkpoints logged, the latest one already on the
+            controller's books (a node lost before that resumes from the one before), and
+            room left before the end of the run."""
             if process.poll() is not None:
                 raise RuntimeError("trainer ended early:\n" + process.stdout.read()[-3000:])
             steps = checkpoint_steps(logs_of(registry, name))
-            return len(steps) >= after_checkpoints and steps[-1]
+            if len(steps) < after_checkpoints or steps[-1] > max_steps - 2 * save_every_n:
+                return None
+            return controller_checkpoint() == steps[-1]
 
-        latest = wait_until(ready_to_kill, timeout / 2, what=f"{after_checkpoints} checkpoints")
-        time.sleep(settle_s)
+        wait_until(lambda: len(train_workers(cluster)) == 2, timeout / 2, interval=1,
+                   what="two training workers")
+        victim = sorted({w["node_id"] for w in train_workers(cluster)})[-1]
+        wait_until(caught_up, timeout / 2, interval=0.1, what="a checkpoint on the books")
+        checkpoint_at_kill = controller_checkpoint()
         lines = logs_of(registry, name)
-        if checkpoint_steps(lines)[-1] != latest:  # another one came meanwhile: let it settle
-            time.sleep(settle_s)
-        workers = train_workers(cluster)
-        worker_nodes = sorted({w["node_id"] for w in workers})
-        victim = worker_nodes[-1]
-        lines = logs_of(registry, name)
-        checkpoint_at_kill = checkpoint_steps(lines)[-1]
         step_at_kill = max(logged_steps(lines))
         t_kill = time.monotonic()
         cluster.remove_worker(victim)
