@@ -71,8 +71,7 @@ class TrainingJobs:
         relpath = self.registry.artifacts.upload_path(name, filename)
         await asyncio.to_thread(self.registry.artifacts.put_bytes, relpath, data)
         try:
-            record = self.registry.create_version(name, family.kind,
-                                                  {**params.as_dict(), "input_file": relpath})
+            record = self.registry.create_version(name, family.kind, params.as_dict())
         except Exception:
             self.registry.artifacts.delete(relpath)
             raise
@@ -141,7 +140,11 @@ class TrainingJobs:
         status = str(info.status).split(".")[-1]
         if status not in ENDED:
             return None
-        return ENDED[status], f"ended {status}: {info.message or 'no message'}"
+        # Ray's message carries up to 20,000 characters of the driver's output: it goes to
+        # the server log; the version's public log gets its first line.
+        logger.info("job %s ended %s: %s", job_id, status, info.message)
+        summary = (info.message or "no message").strip().splitlines()[0][:300]
+        return ENDED[status], f"ended {status}: {summary}"
 
     def _unreachable(self, job_id: str, error: Exception) -> tuple[str, str] | None:
         self._client = None  # a restarted job server may need a new connection

@@ -63,8 +63,9 @@ class VersionRecord:
                                or self.created_at.strftime("%Y%m%dT%H%M%S%f"))
 
     def to_dict(self) -> dict:
+        """The public view: what a client needs, no storage location."""
         return {**{k: getattr(self, k) for k in ("name", "kind", "version", "status", "params",
-                                                 "metrics", "artifact_uri", "job_id")},
+                                                 "metrics", "job_id")},
                 "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at)}
 
 

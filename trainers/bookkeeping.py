@@ -48,7 +48,9 @@ def run_job(family: Family, settings: Settings, name: str, inputs: dict[str, str
             params: TrainingParams, version: int | None = None) -> int:
     """Run one training job end to end; returns the process exit code."""
     registry = Registry(settings)
-    recorded = {**params.as_dict(), **inputs}
+    # The hyperparameters only: input paths stay on the job's command line, out of the
+    # version's public record.
+    recorded = params.as_dict()
     record = (registry.get_version(name, version) if version is not None
               else registry.create_version(name, family.kind, recorded))
     log = RegistryLog(settings, name, record.version)
@@ -86,13 +88,20 @@ def run_job(family: Family, settings: Settings, name: str, inputs: dict[str, str
         _finish(registry, log, name, record.version, "failed", f"error: {error}")
         return 2
     except Exception as error:  # noqa: BLE001 - every failure must reach the registry
-        tail = traceback.format_exc().strip().splitlines()[-8:]
+        # The traceback goes to the job's own log (`ray job logs`), not to the version's
+        # public log, which gets one short line.
+        traceback.print_exc()
         _finish(registry, log, name, record.version, "failed",
-                f"error: {type(error).__name__}: {error}\n" + "\n".join(tail))
+                f"error: {type(error).__name__}: {_first_line(error)}")
         return 1
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else ""
 
 
 def _finish(registry: Registry, log: RegistryLog, name: str, version: int, status: str,
