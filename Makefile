@@ -30,11 +30,18 @@ system-deps:
 # (loadtest/run_load.py, behind `make loadtest` and `bench-e2e`, does the same for itself.)
 run stop: export RAY_AUTH_MODE ?= token
 
+# Replicas take RNNSERVE_* from the head's environment: a running head is reused only if it was
+# started with this shell's settings (scripts/head_settings.py keeps a hash of each).
+HEAD_SETTINGS := $(HOME)/.ray/rnnserve-head.json
+
 run: $(BIN)/.installed
 	$(BIN)/ray get-auth-token --generate >/dev/null  # makes ~/.ray/auth_token once, if missing
-	$(BIN)/ray start --head --disable-usage-stats --include-dashboard=true \
-	  --dashboard-host 127.0.0.1 --metrics-export-port $(METRICS_PORT) 2>/dev/null \
-	  || echo "(reusing the running Ray head)"
+	if $(BIN)/ray start --head --disable-usage-stats --include-dashboard=true \
+	  --dashboard-host 127.0.0.1 --metrics-export-port $(METRICS_PORT) 2>/dev/null; then \
+	  $(PY) scripts/head_settings.py record $(HEAD_SETTINGS); \
+	else \
+	  $(PY) scripts/head_settings.py check $(HEAD_SETTINGS) && echo "(reusing the running Ray head)"; \
+	fi
 	@echo "Serve app:   http://127.0.0.1:$(HTTP_PORT)/   (API docs at /docs)"
 	@echo "Dashboard:   http://127.0.0.1:8265/   metrics: http://127.0.0.1:$(METRICS_PORT)/metrics"
 	$(BIN)/serve run serve_config.yaml
@@ -42,6 +49,7 @@ run: $(BIN)/.installed
 stop:
 	-$(BIN)/serve shutdown -y
 	-$(BIN)/ray stop
+	rm -f $(HEAD_SETTINGS)
 
 test: $(BIN)/.installed system-deps
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 1500 tests

@@ -60,6 +60,8 @@ class Ingress:
                                  job_server_grace_s)
         self.job_metrics = JobMetrics()
         self._sync_task = asyncio.get_event_loop().create_task(self._sync_jobs(job_sync_interval_s))
+        logger.info("rnnserve ingress up; writes %s", "need the API key" if self.settings.api_key
+                    else "are open to anyone who can reach this port (RNNSERVE_API_KEY unset)")
 
     def __serve_build_asgi_app__(self):
         """This replica's copy of the app with the guards in front: their limits come from
@@ -93,7 +95,8 @@ class Ingress:
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
-        return {"status": "ok"}
+        """Liveness, and whether writes (uploads, promote, cancel, delete) need the API key."""
+        return {"status": "ok", "writes_need_key": self.settings.api_key is not None}
 
     # ---- models ---------------------------------------------------------------------------
     @app.post("/models", status_code=202)

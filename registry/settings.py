@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,14 @@ class Settings:
     @classmethod
     def from_flags(cls, args) -> Settings:
         return cls.from_env(storage=args.storage, db_url=args.db_url)
+
+    def fingerprints(self) -> dict[str, str]:
+        """A short hash of each setting, to tell whether two processes share them without
+        writing a secret anywhere."""
+        return {name: hashlib.sha256(str(value).encode()).hexdigest()[:16]
+                for name, value in ((STORAGE_ENV, self.storage), (DB_URL_ENV, self.db_url),
+                                    (API_KEY_ENV, self.api_key),
+                                    (S3_ENDPOINT_ENV, self.s3_endpoint))}
 
     def to_env(self) -> dict[str, str]:
         """What another process (a training job) needs in its environment to reach the same

@@ -56,6 +56,11 @@ def bucket_keys(endpoint: str) -> list[str]:
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
+def test_the_app_says_whether_writes_need_a_key(secured, serve_app):
+    assert requests.get(f"{secured}/healthz", timeout=10).json()["writes_need_key"] is True
+    assert requests.get(f"{serve_app}/healthz", timeout=10).json()["writes_need_key"] is False
+
+
 def test_writes_need_the_key_and_refusals_leave_nothing(secured, s3_endpoint, shakespeare):
     text = shakespeare[:30_000]
     for headers in (None, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
