@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from registry import Conflict, InvalidName, NotFound
+
+logger = logging.getLogger("ray.serve")
 
 
 class ApiError(Exception):
@@ -57,3 +61,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidName)
     async def invalid_name(request: Request, exc: InvalidName):
         return error_response(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # Anything else is a bug or an outage: the detail (exception, traceback, paths) goes
+        # to the server log only, the client gets the documented error shape.
+        logger.error("unhandled error in %s %s", request.method, request.url.path,
+                     exc_info=exc)
+        return error_response(500, "internal server error")

@@ -1,14 +1,16 @@
-"""Request guards in front of the routes: a body size cap enforced while the body streams in,
-and per-client token-bucket rate limits.
+"""Request guards in front of the routes: body size caps and a minimum body rate enforced
+while the body streams in, and per-client token-bucket rate limits.
 
-Both are plain ASGI middleware, so an oversize upload is cut off after `max_bytes` arrive
-(never buffered whole first), and a client over its rate gets 429 before any work is done.
+All are plain ASGI middleware, so an oversize body is refused from its declared length or cut
+off once the cap is passed (never buffered whole first), a body that trickles in is cut with
+408, and a client over its rate gets 429 before any work is done.
 Limits are per ingress replica: with N replicas a client's effective rate is up to N times
 the configured one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -83,13 +85,29 @@ async def _send_error(send, status: int, error: str, headers: dict | None = None
     await send({"type": "http.response.body", "body": body})
 
 
+class BodyRefused(Exception):
+    """Raised into the app from `receive` when the body is too large or too slow: whatever the
+    app was doing with the body stops there, and the guard answers `status` instead."""
+
+    def __init__(self, status: int, error: str):
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 class RequestGuards:
-    """ASGI middleware: rate limits per client and route class, and the upload size cap."""
+    """ASGI middleware: rate limits per client and route class, body size caps (the upload's,
+    and a small one for every other route that takes a body) and a minimum body rate."""
 
     def __init__(self, app, max_upload_bytes: int, limiters: dict[str, RateLimiter],
-                 api_key: str | None = None):
+                 api_key: str | None = None, max_body_bytes: int = 1024 * 1024,
+                 min_body_bytes_per_s: float = 0.0, body_grace_s: float = 10.0):
         self.app, self.max_upload_bytes, self.limiters = app, max_upload_bytes, limiters
         self.api_key = api_key
+        self.max_body_bytes = max_body_bytes
+        self.min_body_bytes_per_s, self.body_grace_s = min_body_bytes_per_s, body_grace_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -101,39 +119,115 @@ class RequestGuards:
             if wait > 0:
                 return await _send_error(send, 429, "too many requests; retry later",
                                          {"Retry-After": str(math.ceil(wait))})
-        if route != "upload":
+        return await self._guard_body(route, scope, receive, send)
+
+    async def _guard_body(self, route, scope, receive, send):
+        if scope["method"] not in BODY_METHODS:
             return await self.app(scope, receive, send)
-        # Multipart overhead aside, the body is the file: cap it as it streams in.
-        cap = self.max_upload_bytes + 64 * 1024
+        if route == "upload":
+            # Multipart overhead aside, the body is the file.
+            cap = self.max_upload_bytes + 64 * 1024
+            too_large = f"upload larger than {self.max_upload_bytes} bytes"
+        else:
+            cap = self.max_body_bytes
+            too_large = f"request body larger than {cap} bytes"
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > cap:
-            return await _send_error(send, 413, f"upload larger than {self.max_upload_bytes} bytes")
-        received, too_large = 0, False
+            return await _send_error(send, 413, too_large)
+        body = _BodyReader(receive, cap, too_large, self.min_body_bytes_per_s,
+                           self.body_grace_s)
+        if route == "upload":
+            # Too large for memory at once: counted as the app streams it in.
+            return await self._call_refusable(scope, body.receive, send, body)
+        # Small bodies are read whole before the app sees them, so a route runs on a complete
+        # body or not at all (even one that never reads it, or a truncation that parses).
+        try:
+            first = await body.read_all()
+        except BodyRefused as refused:
+            return await _send_error(send, refused.status, refused.error)
+        replayed = False
 
-        async def counting_receive():
-            # Past the cap, pretend the body ended: the app fails to parse a truncated form,
-            # and its answer is replaced by the 413 below. Nothing more is read.
-            nonlocal received, too_large
-            if too_large:
-                return {"type": "http.request", "body": b"", "more_body": False}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > cap:
-                    too_large = True
-                    scope[BODY_TOO_LARGE] = True  # the route checks it before any side effect
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return message
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()  # past the body: disconnects
 
+        await self.app(scope, replay, send)
+
+    async def _call_refusable(self, scope, receive, send, body: _BodyReader):
+        """Run the app; once the body is refused its answer is replaced by the guard's."""
         replaced = False
 
         async def guarded_send(message):
             nonlocal replaced
-            if too_large:
+            if body.refused is not None:
                 if not replaced:
                     replaced = True
-                    await _send_error(send, 413, f"upload larger than {self.max_upload_bytes} bytes")
+                    scope[BODY_TOO_LARGE] = True  # the route checks it before any side effect
+                    await _send_error(send, body.refused.status, body.refused.error)
                 return
             await send(message)
 
-        await self.app(scope, counting_receive, guarded_send)
+        try:
+            await self.app(scope, receive, guarded_send)
+        except BodyRefused:
+            pass  # escaped the app's own handling: answered below
+        if body.refused is not None and not replaced:
+            await _send_error(send, body.refused.status, body.refused.error)
+
+
+class _BodyReader:
+    """`receive` for the request body with a size cap and a minimum rate: past `cap` bytes,
+    or when the body has arrived slower than `min_rate` bytes/s (after a `grace` period), it
+    raises BodyRefused (413 or 408). Once the body is complete, messages pass through."""
+
+    def __init__(self, receive, cap: int, too_large: str, min_rate: float, grace: float):
+        self._receive, self.cap, self.too_large = receive, cap, too_large
+        self.min_rate, self.grace = min_rate, grace
+        self.started = time.monotonic()
+        self.received, self.done = 0, False
+        self.refused: BodyRefused | None = None
+
+    def _refuse(self, status: int, error: str) -> BodyRefused:
+        self.refused = BodyRefused(status, error)
+        return self.refused
+
+    async def receive(self):
+        if self.refused is not None:
+            raise self.refused
+        if self.done:
+            return await self._receive()
+        if self.min_rate > 0:
+            # Due by now: min_rate bytes for every second past the grace period.
+            left = self.started + self.grace + self.received / self.min_rate - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(self._receive(), left)
+            except TimeoutError:
+                raise self._refuse(408, f"request body arrived slower than "
+                                        f"{self.min_rate:g} bytes/s") from None
+        else:
+            message = await self._receive()
+        if message["type"] != "http.request":
+            self.done = True  # the client went away
+            return message
+        self.received += len(message.get("body", b""))
+        if self.received > self.cap:
+            raise self._refuse(413, self.too_large)
+        if not message.get("more_body", False):
+            self.done = True
+        return message
+
+    async def read_all(self) -> dict:
+        """The whole body as one message (or the disconnect that ended it)."""
+        chunks = []
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                return message
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}

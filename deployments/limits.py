@@ -12,6 +12,14 @@ from models.config import SampleConfig, param
 @dataclass(frozen=True)
 class Limits:
     max_upload_bytes: int = param(10 * 1024 * 1024, "bytes of one uploaded training file", 1)
+    max_body_bytes: int = param(2 * 1024 * 1024, "bytes of any other request body (JSON "
+                                "routes; a full predict batch of 256 MNIST images fits)",
+                                1024, 2**31 - 1)
+    min_body_bytes_per_s: float = param(10_000.0, "a request body arriving slower than this "
+                                        "(after body_grace_s) is cut with 408 (0: off)", 0)
+    body_grace_s: float = param(10.0, "seconds a body may take before its rate is checked", 0)
+    max_unpacked_bytes: int = param(128 * 1024 * 1024, "bytes a classifier .npz upload's "
+                                    "arrays may unpack to (checked from their headers)", 1)
     max_prime_chars: int = param(2000, "characters of a generation prime", 0)
     max_length: int = param(5000, "characters generated per request", 1)
     max_predict_rows: int = param(256, "examples per predict request", 1)

@@ -3,15 +3,60 @@
 Accepted: `{"data": x}` where x is one example (a flat list of T*F numbers or a T x F nested
 list) or a list of examples, and a bare JSON array of T*F numbers (as the reference MNIST
 server's clients send).
+
+The raw body is parsed here too (`parse_json_body`), so a number float64 cannot hold, a
+non-finite constant or deep nesting is a ValueError (400) rather than an exception of the
+JSON decoder or of NumPy's conversion.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from numbers import Real
 
 import numpy as np
 
 from models.inputs import scale_pixels
+
+MAX_DEPTH = 4  # {"data": [example [row [number]]]}
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite(text: str) -> float:
+    value = float(text)  # integers too: any JSON number the model sees is a float64
+    if not math.isfinite(value):
+        raise _NotFinite
+    return value
+
+
+def _no_constants(name: str):
+    raise _NotFinite
+
+
+def parse_json_body(raw: bytes):
+    """The request body as JSON with every number a finite float64; ValueError otherwise."""
+    try:
+        body = json.loads(raw, parse_int=_finite, parse_float=_finite,
+                          parse_constant=_no_constants)
+    except _NotFinite:
+        raise ValueError("numbers must be finite and within float64's range") from None
+    except RecursionError:
+        raise ValueError(f"the body is nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"the body is not valid JSON: {error}") from None
+    stack = [(body, 1)] if isinstance(body, (list, dict)) else []
+    while stack:  # iteratively: the depth is what is being checked
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        nested = [child for child in children if isinstance(child, (list, dict))]
+        if nested and depth >= MAX_DEPTH:
+            raise ValueError(f"the body is nested too deeply (at most {MAX_DEPTH} levels)")
+        stack.extend((child, depth + 1) for child in nested)
+    return body
 
 
 def _is_number(value) -> bool:

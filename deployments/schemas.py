@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from models.config import SampleConfig, field_types
 
+# The registry's integer columns (version numbers, log line positions) are 32-bit on every
+# backend: a larger number could never match a row, and some drivers fail on it.
+DB_INT_MAX = 2**31 - 1
+
 
 def _pydantic_fields(cls: type) -> dict[str, Any]:
     types = field_types(cls)
@@ -30,13 +34,15 @@ GenerateRequest = create_model(
     "GenerateRequest",
     __base__=_Strict,
     stream=(bool, Field(False, description="stream text as it is sampled (chunked text/plain)")),
-    version=(int | None, Field(None, ge=1, description="model version (default: production)")),
+    version=(int | None, Field(None, ge=1, le=DB_INT_MAX,
+                               description="model version (default: production)")),
     **_pydantic_fields(SampleConfig),
 )
 
 
 class PromoteRequest(_Strict):
-    version: int = Field(..., ge=1, description="version to take the production alias")
+    version: int = Field(..., ge=1, le=DB_INT_MAX,
+                         description="version to take the production alias")
 
 
 def sample_config(request: BaseModel) -> SampleConfig:

@@ -83,7 +83,9 @@ def decode_corpus(data: bytes, run: TrainConfig) -> str:
     return text
 
 
-def check_upload(data: bytes, params: TrainingParams) -> TrainingParams:
+def check_upload(data: bytes, params: TrainingParams, *,
+                 max_unpacked_bytes: int | None = None) -> TrainingParams:
+    # Plain text: nothing is unpacked, the upload cap already bounds it.
     decode_corpus(data, params.run)
     return params
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import struct
+import zipfile
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -34,14 +37,60 @@ def read_idx(data: bytes) -> np.ndarray:
     return np.frombuffer(body, dtype=dtype).reshape(shape)
 
 
-def read_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+def read_npz(data: bytes, max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`x` and `y` of an .npz (as np.savez or np.savez_compressed write it).
+
+    Each array's .npy header is read first, and its size checked against what the zip entry
+    declares and against `max_bytes` (both arrays together) before any data is unpacked: a
+    small compressed file cannot unpack to gigabytes, nor a header claim a shape that does
+    not fit. Anything unreadable, pickled objects included, is a UserError.
+    """
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            if "x" not in archive or "y" not in archive:
-                raise UserError("the .npz upload needs arrays named 'x' and 'y'")
-            return archive["x"], archive["y"]
-    except (ValueError, OSError) as error:  # not a zip, or pickled objects inside
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            try:
+                entries = [archive.getinfo(f"{name}.npy") for name in ("x", "y")]
+            except KeyError:
+                raise UserError("the .npz upload needs arrays named 'x' and 'y'") from None
+            sizes = [_npy_size(archive, entry) for entry in entries]
+            if max_bytes is not None and sum(sizes) > max_bytes:
+                raise UserError(f"the arrays would unpack to {sum(sizes):,} bytes; at most "
+                                f"{max_bytes:,} are accepted")
+            x, y = (_read_npy(archive, entry) for entry in entries)
+            return x, y
+    except UserError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError) as error:  # not a zip, corrupt, encrypted, a bad .npy
         raise UserError(f"not a readable .npz file: {error}") from None
+
+
+def _npy_header(stream) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise UserError(f"unsupported .npy format version {version[0]}.{version[1]}")
+
+
+def _npy_size(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> int:
+    """The bytes an .npy entry unpacks to, from its header alone (nothing else is read)."""
+    with archive.open(entry) as stream:
+        shape, _, dtype = _npy_header(stream)
+        header_bytes = stream.tell()
+    if dtype.hasobject:
+        raise UserError(f"{entry.filename} holds Python objects; only numbers are accepted")
+    size = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    if entry.file_size != header_bytes + size:
+        raise UserError(f"{entry.filename}: its header says shape {list(shape)} of {dtype} "
+                        f"({size:,} bytes), the archive says {entry.file_size - header_bytes:,}")
+    return size
+
+
+def _read_npy(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> np.ndarray:
+    # The zip entry yields at most its declared size (checked above) and checks its CRC.
+    with archive.open(entry) as stream:
+        return np.lib.format.read_array(stream, allow_pickle=False)
 
 
 def prepare(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:

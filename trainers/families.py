@@ -31,8 +31,10 @@ class Family:
     run_config: type  # how a run executes
     score: Score
     train: Callable[[TrainingJob], Trained]
-    # Raises UserError when the data could never train; returns the params resolved from it.
-    check_upload: Callable[[bytes, TrainingParams], TrainingParams]
+    # check_upload(data, params, *, max_unpacked_bytes=None): raises UserError when the data
+    # could never train (or would unpack to more than max_unpacked_bytes); returns the params
+    # resolved from it.
+    check_upload: Callable[..., TrainingParams]
     server_managed: tuple[str, ...] = ()  # fields the trainer fills in, not the user
     extra_inputs: tuple[tuple[str, str], ...] = ()  # (flag, help) of inputs beside input_file
 

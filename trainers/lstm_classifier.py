@@ -70,8 +70,9 @@ def fit_to_data(x: np.ndarray, params: TrainingParams) -> TrainingParams:
         model, timesteps=int(steps), features=int(features)))
 
 
-def check_upload(data: bytes, params: TrainingParams) -> TrainingParams:
-    x, _ = prepare(*read_npz(data), params.model.classes)
+def check_upload(data: bytes, params: TrainingParams, *,
+                 max_unpacked_bytes: int | None = None) -> TrainingParams:
+    x, _ = prepare(*read_npz(data, max_unpacked_bytes), params.model.classes)
     return fit_to_data(x, params)
 
 

@@ -95,3 +95,127 @@ def test_chunked_upload_without_length_is_cut_off_while_streaming(client):
     asyncio.run(client.app(scope, receive, send))
     assert sent[0]["status"] == 413 and client.calls == []
     assert len(pulled) < 10, f"read {len(pulled)} of {len(chunks)} chunks before refusing"
+
+
+# ---- body caps and slow bodies on every route with a body --------------------------------
+
+def _scope(path: str, headers: list | None = None, method: str = "POST") -> dict:
+    return {"type": "http", "method": method, "path": path, "query_string": b"",
+            "headers": headers or [(b"content-type", b"application/json")],
+            "client": ("127.0.0.1", 1), "server": ("test", 80), "scheme": "http",
+            "root_path": "", "http_version": "1.1"}
+
+
+def _drive(app, scope: dict, chunks: list[bytes], delays: list[float] | None = None,
+           complete: bool = True):
+    """Run the ASGI app on `chunks` (with a pause before each, if given; `complete=False`: the
+    client then goes quiet without ending the body); returns the messages it sent and how
+    many chunks it pulled."""
+    import asyncio
+
+    pulled, sent = [], []
+
+    async def receive():
+        if len(pulled) >= len(chunks):
+            await asyncio.sleep(3600)  # a client that never sends more (or never hangs up)
+        if delays:
+            await asyncio.sleep(delays[len(pulled)])
+        pulled.append(1)
+        return {"type": "http.request", "body": chunks[len(pulled) - 1],
+                "more_body": len(pulled) < len(chunks) or not complete}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent, len(pulled)
+
+
+@pytest.fixture()
+def json_app():
+    """Routes that take a JSON body; `calls` records every body that reached a route."""
+    calls = []
+
+    async def promote(request: Request):
+        calls.append(await request.json())
+        return JSONResponse({"ok": True})
+
+    async def cancel(request: Request):  # a route that never reads its body
+        calls.append("cancel")
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/models/m/promote", promote, methods=["POST"]),
+                            Route("/models/m/generate", promote, methods=["POST"]),
+                            Route("/models/m/versions/1/cancel", cancel, methods=["POST"])])
+    app.add_middleware(RequestGuards, max_upload_bytes=1000, limiters={}, max_body_bytes=2000,
+                       min_body_bytes_per_s=1000, body_grace_s=0.5)
+    app.calls = calls
+    return app
+
+
+def test_json_body_within_the_cap_reaches_the_route(json_app):
+    client = TestClient(json_app)
+    response = client.post("/models/m/promote", json={"version": 1, "pad": "x" * 1500})
+    assert response.status_code == 200 and json_app.calls[0]["version"] == 1
+
+
+@pytest.mark.parametrize("path", ["/models/m/promote", "/models/m/generate",
+                                  "/models/m/versions/1/cancel"])
+def test_json_body_over_the_cap_is_413_and_reaches_no_route(json_app, path):
+    client = TestClient(json_app)
+    response = client.post(path, content=b'{"version": 1}' + b" " * 5000,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json() == {"error": "request body larger than 2000 bytes", "detail": None}
+    assert json_app.calls == []
+
+
+def test_declared_length_over_the_cap_is_413_before_reading_anything(json_app):
+    scope = _scope("/models/m/promote", [(b"content-length", b"999999")])
+    sent, pulled = _drive(json_app, scope, [b"x" * 1000] * 1000)
+    assert sent[0]["status"] == 413 and pulled == 0 and json_app.calls == []
+
+
+def test_chunked_json_body_is_cut_off_while_streaming(json_app):
+    # A body that would be valid JSON if truncated at the cap must not reach the route either.
+    chunks = [b'{"version": 1}', *[b" " * 500] * 100]
+    sent, pulled = _drive(json_app, _scope("/models/m/promote"), chunks)
+    assert sent[0]["status"] == 413 and json_app.calls == []
+    assert pulled <= 6, f"read {pulled} of {len(chunks)} chunks before refusing"
+
+
+def test_a_body_slower_than_the_minimum_rate_is_408(json_app):
+    import time
+
+    started = time.monotonic()
+    # Four bytes a tenth of a second apart: far below 1000 B/s once the grace period is over.
+    sent, _ = _drive(json_app, _scope("/models/m/promote"), [b"{"] * 40, [0.1] * 40)
+    assert sent[0]["status"] == 408 and json_app.calls == []
+    assert b"slower than" in sent[1]["body"]
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_body_that_stalls_is_408_after_the_grace_period(json_app):
+    import time
+
+    started = time.monotonic()
+    sent, _ = _drive(json_app, _scope("/models/m/promote"), [b'{"vers'], complete=False)
+    assert sent[0]["status"] == 408 and json_app.calls == []
+    assert time.monotonic() - started < 2.0
+
+
+def test_slow_upload_is_408_and_never_reaches_the_route():
+    calls = []
+
+    async def upload(request: Request):
+        calls.append(len(await (await request.form())["file"].read()))
+        return JSONResponse({"ok": True}, status_code=202)
+
+    app = Starlette(routes=[Route("/models", upload, methods=["POST"])])
+    app.add_middleware(RequestGuards, max_upload_bytes=10_000, limiters={},
+                       min_body_bytes_per_s=1000, body_grace_s=0.3)
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\n'
+    scope = _scope("/models", [(b"content-type", b"multipart/form-data; boundary=b")])
+    sent, _ = _drive(app, scope, [head, *[b"x"] * 50, b"\r\n--b--\r\n"], [0.0, *[0.1] * 51])
+    assert sent[0]["status"] == 408 and calls == []
+

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from deployments.predict_input import parse_predict_body
+from deployments.predict_input import parse_json_body, parse_predict_body
 
 FLAT = [0.5] * 784
 NESTED = [[0.5] * 28 for _ in range(28)]
@@ -45,3 +45,35 @@ def test_pixel_values_are_scaled_like_training():
 def test_rejected_shapes(body, message):
     with pytest.raises(ValueError, match=message):
         parse_predict_body(body, 28, 28, max_rows=8)
+
+
+# ---- the raw body: numbers float64 cannot hold, non-finite values, deep nesting -----------
+
+def _flat(numbers: str) -> bytes:
+    return ('{"data": [' + ",".join([numbers] + ["0.5"] * 783) + "]}").encode()
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_flat("1" + "0" * 400), "finite"),  # an integer too large for float64
+    (_flat("1e400"), "finite"),  # a float that overflows to infinity
+    (_flat("-1e400"), "finite"),
+    (_flat("NaN"), "finite"),
+    (_flat("Infinity"), "finite"),
+    (_flat("9" * 5000), "finite"),  # past Python's int-string limit
+    (b"[" * 100_000 + b"]" * 100_000, "nested"),
+    (b'{"data": ' + b"[" * 50 + b"0.5" + b"]" * 50 + b"}", "nested"),
+    (b"{not json", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"5", "non-empty"),
+])
+def test_rejected_raw_bodies(raw, message):
+    with pytest.raises(ValueError, match=message):
+        body = parse_json_body(raw)
+        parse_predict_body(body, 28, 28, max_rows=8)
+
+
+def test_raw_body_parses_like_json():
+    x, _ = parse_predict_body(parse_json_body(_flat("7")), 28, 28, max_rows=8)
+    assert x[0, 0, 0] == pytest.approx(7 / 255)  # pixel scaling, as before
+    assert parse_json_body(b'{"data": [[1, 2.5]]}') == {"data": [[1.0, 2.5]]}
