@@ -103,11 +103,14 @@ class RequestGuards:
 
     def __init__(self, app, max_upload_bytes: int, limiters: dict[str, RateLimiter],
                  api_key: str | None = None, max_body_bytes: int = 1024 * 1024,
-                 min_body_bytes_per_s: float = 0.0, body_grace_s: float = 10.0):
+                 min_body_bytes_per_s: float = 0.0, body_grace_s: float = 10.0,
+                 max_in_flight: int = 0):
         self.app, self.max_upload_bytes, self.limiters = app, max_upload_bytes, limiters
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.min_body_bytes_per_s, self.body_grace_s = min_body_bytes_per_s, body_grace_s
+        self.max_in_flight = max_in_flight  # inference requests per client at once (0: any)
+        self.in_flight: dict[str, int] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -119,6 +122,21 @@ class RequestGuards:
             if wait > 0:
                 return await _send_error(send, 429, "too many requests; retry later",
                                          {"Retry-After": str(math.ceil(wait))})
+        if route == "inference" and self.max_in_flight > 0:
+            # A client's generations/predictions at once (a stream counts until it ends): one
+            # address cannot fill a model's waiting queue or cycle the model cache alone.
+            client = _client(scope, self.api_key)
+            if self.in_flight.get(client, 0) >= self.max_in_flight:
+                return await _send_error(send, 429, f"more than {self.max_in_flight} requests "
+                                         "in flight from this client; retry later",
+                                         {"Retry-After": "1"})
+            self.in_flight[client] = self.in_flight.get(client, 0) + 1
+            try:
+                return await self._guard_body(route, scope, receive, send)
+            finally:
+                self.in_flight[client] -= 1
+                if not self.in_flight[client]:
+                    del self.in_flight[client]
         return await self._guard_body(route, scope, receive, send)
 
     async def _guard_body(self, route, scope, receive, send):

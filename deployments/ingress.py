@@ -72,7 +72,8 @@ class Ingress:
                                 api_key=self.settings.api_key,
                                 max_body_bytes=self.limits.max_body_bytes,
                                 min_body_bytes_per_s=self.limits.min_body_bytes_per_s,
-                                body_grace_s=self.limits.body_grace_s)
+                                body_grace_s=self.limits.body_grace_s,
+                                max_in_flight=self.limits.max_in_flight_per_client)
         return self.app
 
     async def _sync_jobs(self, interval: float) -> None:

@@ -28,6 +28,9 @@ class Limits:
     inference_per_s: float = param(50.0, "generate/predict requests per client per second "
                                    "(0: no limit)...", 0)
     inference_burst: float = param(200.0, "...with bursts up to this many", 1)
+    max_in_flight_per_client: int = param(32, "generate/predict requests one client may have "
+                                          "in flight at once, streams until they end "
+                                          "(0: no limit)", 0)
     uploads_per_minute: float = param(10.0, "uploads per client per minute (0: no limit)...", 0)
     upload_burst: float = param(5.0, "...with bursts up to this many", 1)
 

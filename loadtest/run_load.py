@@ -32,12 +32,13 @@ LENGTH = 200  # characters per generate request (RNNSERVE_LOAD_LENGTH for the lo
 
 
 def load_config() -> Path:
-    """serve_config.yaml with the per-client inference rate limit off: every simulated user
+    """serve_config.yaml with the per-client inference limits off: every simulated user
     comes from this one address, so the limit would turn the load test into a 429 test."""
     import yaml
 
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["applications"][0]["args"]["limits"]["inference_per_s"] = 0
+    config["applications"][0]["args"]["limits"]["max_in_flight_per_client"] = 0
     REPORTS.mkdir(parents=True, exist_ok=True)
     path = REPORTS / "serve_config.load.yaml"
     path.write_text(yaml.safe_dump(config))

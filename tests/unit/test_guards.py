@@ -219,3 +219,57 @@ def test_slow_upload_is_408_and_never_reaches_the_route():
     sent, _ = _drive(app, scope, [head, *[b"x"] * 50, b"\r\n--b--\r\n"], [0.0, *[0.1] * 51])
     assert sent[0]["status"] == 408 and calls == []
 
+
+# ---- requests in flight per client ---------------------------------------------------------
+
+def test_a_client_over_its_in_flight_cap_gets_429_and_others_do_not():
+    import asyncio
+
+    release = None
+    entered = []
+
+    async def generate(request: Request):
+        entered.append(request.client.host)
+        await release.wait()
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/models/m/generate", generate, methods=["POST"]),
+                            Route("/models/m/predict", generate, methods=["POST"])])
+    app.add_middleware(RequestGuards, max_upload_bytes=1000, limiters={}, max_in_flight=2)
+
+    async def call(host: str, path: str = "/models/m/generate") -> int:
+        sent = []
+        scope = {**_scope(path), "client": (host, 1)}
+        received = []
+
+        async def receive():
+            if received:
+                await asyncio.sleep(3600)
+            received.append(1)
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent[0]["status"], dict(sent[0]["headers"])
+
+    async def scenario():
+        nonlocal release
+        release = asyncio.Event()
+        held = [asyncio.create_task(call("10.0.0.1")),
+                asyncio.create_task(call("10.0.0.1", "/models/m/predict"))]
+        while len(entered) < 2:
+            await asyncio.sleep(0.01)
+        over = await call("10.0.0.1")  # a third one from the same address: refused at once
+        other = asyncio.create_task(call("10.0.0.2"))  # another client is not affected
+        while len(entered) < 3:
+            await asyncio.sleep(0.01)
+        release.set()
+        done = [await task for task in (*held, other)]
+        after = await call("10.0.0.1")  # the slots are given back when requests end
+        return over, done, after
+
+    over, done, after = asyncio.run(scenario())
+    assert over[0] == 429 and over[1][b"retry-after"] == b"1"
+    assert [status for status, _ in done] == [200, 200, 200] and after[0] == 200
