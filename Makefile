@@ -86,5 +86,43 @@ loadtest: $(BIN)/.installed
 bench-e2e: $(BIN)/.installed
 	$(PY) -m loadtest.run_load --users 8,32,64 --seconds 60 --naive
 
+# Issue 20: a highly available head. `make run-ha` is `make run` with GCS fault tolerance: a
+# local redis-server (Debian's, from system-deps; append-only file on, data in storage/redis,
+# port REDIS_PORT) keeps the GCS's state, so a GCS restarted with the same command line
+# reloads it. RNNSERVE_REDIS_PASSWORD, if set, protects Redis: it reaches redis-server on stdin
+# and the head as --redis-password, and is never written to a file. `make stop-ha` stops Serve
+# and Ray (as `make stop`), deletes the cluster's state from that Redis and stops it.
+# `make test-ha`: a GCS restart under load on a Redis-backed head of its own (tests/ha).
+.PHONY: run-ha stop-ha test-ha
+REDIS_PORT ?= 6390
+REDIS_DIR := $(abspath storage/redis)
+REDIS_CLI = REDISCLI_AUTH="$$RNNSERVE_REDIS_PASSWORD" redis-cli -p $(REDIS_PORT)
+run-ha stop-ha: export RAY_AUTH_MODE ?= token
+
+run-ha: $(BIN)/.installed
+	command -v redis-server >/dev/null || bash scripts/system-deps.sh
+	mkdir -p $(REDIS_DIR)
+	if [ "$$($(REDIS_CLI) ping 2>/dev/null)" = PONG ]; then echo "(reusing redis on :$(REDIS_PORT))"; \
+	else { [ -z "$$RNNSERVE_REDIS_PASSWORD" ] || printf 'requirepass "%s"\n' "$$RNNSERVE_REDIS_PASSWORD"; } \
+	  | redis-server - --port $(REDIS_PORT) --bind 127.0.0.1 --dir $(REDIS_DIR) --appendonly yes \
+	    --appendfsync everysec --daemonize yes --pidfile $(REDIS_DIR)/redis.pid --logfile redis.log; \
+	  for i in $$(seq 50); do [ "$$($(REDIS_CLI) ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done; fi
+	$(BIN)/ray get-auth-token --generate >/dev/null
+	RAY_REDIS_ADDRESS=127.0.0.1:$(REDIS_PORT) $(BIN)/ray start --head --disable-usage-stats \
+	  --include-dashboard=true --dashboard-host 127.0.0.1 --metrics-export-port $(METRICS_PORT) \
+	  $${RNNSERVE_REDIS_PASSWORD:+--redis-password="$$RNNSERVE_REDIS_PASSWORD"} 2>/dev/null \
+	  || echo "(a Ray head is running already: reusing it, with GCS fault tolerance only if run-ha started it)"
+	@echo "GCS state:   redis 127.0.0.1:$(REDIS_PORT) (append-only file in $(REDIS_DIR))"
+	@echo "Serve app:   http://127.0.0.1:$(HTTP_PORT)/   (API docs at /docs)"
+	$(BIN)/serve run serve_config.yaml
+
+stop-ha:
+	-$(BIN)/serve shutdown -y
+	-$(BIN)/ray stop
+	-[ ! -f $(REDIS_DIR)/redis.pid ] || { $(REDIS_CLI) flushall >/dev/null; $(REDIS_CLI) shutdown; }
+
+test-ha: $(BIN)/.installed system-deps
+	RNNSERVE_HA_TESTS=1 $(PY) -m pytest -q -s -p no:cacheprovider --timeout 900 tests/ha
+
 clean:
 	rm -rf $(VENV) storage results

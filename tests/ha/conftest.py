@@ -1,0 +1,161 @@
+"""Head fault tolerance (issue 20): a GCS restart on a Redis-backed head, in a pytest run of its
+own (`make test-ha`; `make test` does not collect these tests).
+
+Everything here is this session's own and shares the machine with other Ray instances: a
+redis-server on a free port with its files in a temp dir (append-only file on, a password
+given on stdin), a `ray start --head` with GCS fault tolerance against it (RAY_REDIS_ADDRESS,
+--redis-password) on fresh loopback ports and its own --temp-dir, and the real Serve app on a
+free port. Teardown kills only processes that carry this session's temp dir (and their
+descendants), the restarted GCS and the Redis it started; never `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, REPO, free_port, wait_for
+
+if os.environ.get("RNNSERVE_HA_TESTS") != "1":
+    collect_ignore_glob = ["test_*.py"]
+
+TEMP_DIR = f"/tmp/rnnserve-ha-{os.getpid()}"  # this session's Ray files (short: socket paths)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """Debian's redis-server on a free loopback port, persistence on, password on stdin."""
+    directory = tmp_path_factory.mktemp("redis")
+    port, password = free_port(), secrets.token_hex(16)
+    process = subprocess.Popen(
+        ["redis-server", "-", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+         "--logfile", str(directory / "redis.log")],
+        stdin=subprocess.PIPE, text=True)
+    process.stdin.write(f'requirepass "{password}"\n')
+    process.stdin.close()
+    env = {**os.environ, "REDISCLI_AUTH": password}
+
+    def ping():
+        return subprocess.run(["redis-cli", "-p", str(port), "ping"], env=env,
+                              capture_output=True, text=True).stdout.strip() == "PONG"
+
+    try:
+        wait_for(ping, 20, interval=0.2, what="redis-server to answer")
+        yield {"address": f"127.0.0.1:{port}", "password": password, "dir": directory,
+               "process": process}
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def kill_own_ray() -> None:
+    """Kill this session's Ray processes only: those whose command line carries TEMP_DIR, and
+    their descendants (workers, job drivers, dashboard modules)."""
+    import psutil
+
+    daemons = [p for p in psutil.process_iter(["cmdline"])
+               if any(TEMP_DIR in arg for arg in (p.info["cmdline"] or []))]
+    family = {p.pid: p for p in daemons}
+    for daemon in daemons:
+        try:
+            family.update({c.pid: c for c in daemon.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    for process in family.values():
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(family.values()), timeout=15)
+
+
+@pytest.fixture(scope="session")
+def ha_head(redis_server, tmp_path_factory):
+    """`ray start --head` with GCS fault tolerance on `redis_server`; the registry and the
+    artifacts of this session in a temp dir (also in this process's environment)."""
+    storage = tmp_path_factory.mktemp("storage")
+    env = {**os.environ, "RNNSERVE_STORAGE": str(storage),
+           "RNNSERVE_DB_URL": f"sqlite:///{storage}/registry.db",
+           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+           "RAY_REDIS_ADDRESS": redis_server["address"]}
+    os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL")})
+    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
+    agent_ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    try:
+        subprocess.run(
+            [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+             "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
+             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
+             "--metrics-export-port", str(ports["metrics"]), *agent_ports,
+             f"--redis-password={redis_server['password']}",
+             "--temp-dir", TEMP_DIR, "--disable-usage-stats"],
+            check=True, env=env, cwd=REPO, capture_output=True)
+        yield {"address": f"127.0.0.1:{ports['gcs']}", "gcs_port": ports["gcs"],
+               "dashboard": f"http://127.0.0.1:{ports['dashboard']}", "env": env,
+               "storage": storage}
+    finally:
+        kill_own_ray()
+
+
+@pytest.fixture(scope="session")
+def registry(ha_head):
+    from registry import Registry, Settings
+
+    return Registry(Settings.from_env())
+
+
+@pytest.fixture(scope="session")
+def ha_app(ha_head, tmp_path_factory):
+    """The real app from serve_config.yaml (HTTP port changed; the per-client limits lifted:
+    every request of the test comes from one address) deployed onto the HA head."""
+    import requests
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["limits"].update(
+        uploads_per_minute=6000, upload_burst=1000, inference_per_s=0)
+    path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", ha_head["dashboard"]],
+                   check=True, cwd=REPO, env=ha_head["env"], capture_output=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(healthy, 240, interval=1, what="the Serve app to answer /healthz")
+    yield url
+
+
+def gcs_process(gcs_port: int):
+    """This session's GCS server process (found by its port), or None."""
+    import psutil
+
+    for process in psutil.process_iter(["name", "cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if (cmdline and cmdline[0].endswith("gcs_server")
+                and f"--gcs_server_port={gcs_port}" in cmdline
+                and process.info["status"] != psutil.STATUS_ZOMBIE):
+            return process
+    return None
+
+
+def restart_gcs(cmdline: list[str], environ: dict) -> subprocess.Popen:
+    """Start the GCS again with the killed process's own command line and environment, as a
+    process supervisor (systemd, Kubernetes) would restart a head's GCS."""
+    log = open(Path(TEMP_DIR) / "gcs_restarted.out", "ab")
+    return subprocess.Popen(cmdline, env=environ, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
