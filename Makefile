@@ -86,6 +86,11 @@ loadtest: $(BIN)/.installed
 bench-e2e: $(BIN)/.installed
 	$(PY) -m loadtest.run_load --users 8,32,64 --seconds 60 --naive
 
+# Issue 15: a node lost in training and under serving load on a simulated cluster (the helpers
+# of test-cluster), one run: benchmarks/results/cluster.json and cluster.png (BENCHMARKS.md).
+bench-cluster: $(BIN)/.installed
+	$(PY) -m benchmarks.bench_cluster
+
 # Issue 20: a highly available head. `make run-ha` is `make run` with GCS fault tolerance: a
 # local redis-server (Debian's, from system-deps; append-only file on, data in storage/redis,
 # port REDIS_PORT) keeps the GCS's state, so a GCS restarted with the same command line

@@ -131,10 +131,11 @@ def test_replicas_and_proxies_on_every_node_serve_the_model(cluster, app, model)
 
 @pytest.fixture(scope="module")
 def node_loss(cluster, app, model) -> dict:
-    """One node loss under load, shared by the assertions below: 6 clients (1 streaming), each
-    one request at a time, ~1 s requests; the node of one Generator replica dies, a spare node
-    joins."""
-    result = node_loss_under_load(cluster, app, model, clients=6, stream_clients=1,
+    """One node loss under load, shared by the assertions below: 10 clients (1 streaming), each
+    one request at a time; more than the two replicas admit (4 each), so the lost replica
+    surely has requests in flight, and some of them came through a surviving proxy (each has
+    a 1 in 3 chance of the dying one). The node of one Generator replica dies, a spare joins."""
+    result = node_loss_under_load(cluster, app, model, clients=10, stream_clients=1,
                                   max_length=800)
     summary = summarize_loss(result)
     print("\nnode loss under load:", summary)
