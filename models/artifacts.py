@@ -1,8 +1,10 @@
 """Reading and writing a version's artifact directory.
 
 `config.json` (kind, architecture, training params), `model.weights.h5`, `metrics.json` (the
-kept checkpoint's), `history.json` (every checkpoint's metrics, in order);
-char-RNNs also `vocab.json`, classifiers `saved_model/` (servable by TF Serving as is).
+kept checkpoint's), `history.json` (every checkpoint's metrics, in order); char-RNNs also
+`vocab.json` and `heldout.txt` (their validation text), classifiers `saved_model/` (servable
+by TF Serving as is) and `heldout.npz` (their validation examples). The held-out data is what
+a later version of the model is compared on before it may take `production`.
 Only weights are stored as HDF5; everything a loader must trust is JSON, so
 loading a model never executes code from the artifact.
 """
@@ -22,6 +24,8 @@ WEIGHTS_FILE = "model.weights.h5"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 SAVED_MODEL_DIR = "saved_model"
+HELDOUT_TEXT = "heldout.txt"
+HELDOUT_EXAMPLES = "heldout.npz"
 
 
 def write_json(directory: str, filename: str, data: dict) -> None:

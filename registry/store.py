@@ -357,6 +357,29 @@ class Registry:
 
         self._retry(attempt)
 
+    def move_alias(self, name: str, alias: str, version: int, expected: int | None) -> bool:
+        """Point `alias` at `version` only if it still points at `expected` (None: unset).
+
+        False when another writer moved it first: the caller compared against `expected`,
+        and its decision may not hold against the new one."""
+        def attempt() -> bool:
+            with self.engine.begin() as conn:
+                model, row = self._version_row(conn, name, version)
+                if row.status != "ready":
+                    raise Conflict(f"version {version} of {name!r} is {row.status}, not ready")
+                if expected is None:
+                    if self._alias_version(conn, model.id, alias) is not None:
+                        return False
+                    # A concurrent insert fails on the primary key; the retry then sees it.
+                    conn.execute(schema.aliases.insert().values(
+                        model_id=model.id, alias=alias, version=version))
+                    return True
+                return conn.execute(schema.aliases.update().where(
+                    schema.aliases.c.model_id == model.id, schema.aliases.c.alias == alias,
+                    schema.aliases.c.version == expected).values(version=version)).rowcount == 1
+
+        return self._retry(attempt)
+
     def get_alias(self, name: str, alias: str) -> int | None:
         with self.engine.connect() as conn:
             return self._alias_version(conn, self._model_row(conn, name).id, alias)

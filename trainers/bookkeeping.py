@@ -79,7 +79,7 @@ def run_job(family: Family, settings: Settings, name: str, inputs: dict[str, str
             registry.publish_version(name, record.version, output_dir, trained.metrics)
         log(f"version {record.version} is ready: "
             + ", ".join(f"{k} {v:.4f}" for k, v in trained.metrics.items() if isinstance(v, float)))
-        promote_if_better(registry, name, record.version, family.score, log)
+        promote_if_better(registry, family, name, record.version, log)
         return 0
     except JobCancelled:
         _finish(registry, log, name, record.version, "cancelled", "job stopped; run cancelled")

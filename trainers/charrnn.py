@@ -18,13 +18,19 @@ import tempfile
 
 import numpy as np
 
-from models.artifacts import VOCAB_FILE, WEIGHTS_FILE, load_charrnn
+from models.artifacts import HELDOUT_TEXT, VOCAB_FILE, WEIGHTS_FILE, load_charrnn
 from models.config import TrainConfig
 from models.vocab import Vocab
 from registry import NotFound, Registry, parse_model_ref
 from trainers.charrnn_data import CorpusTooShort, check_corpus_length, split_corpus
 from trainers.loop import WorkerPayload
-from trainers.training_job import Trained, TrainingJob, TrainingParams, UserError
+from trainers.training_job import (
+    NotComparable,
+    Trained,
+    TrainingJob,
+    TrainingParams,
+    UserError,
+)
 
 KIND = "charrnn"
 
@@ -109,6 +115,23 @@ def load_parent(registry: Registry, init_from: str, text: str):
         return model_config, vocab, f.read()
 
 
+def heldout_scores(candidate_dir: str, incumbent_dir: str) -> tuple[float, float]:
+    """Validation loss of two versions on the incumbent's held-out text."""
+    from trainers.charrnn_data import validation_loss
+
+    candidate, _, candidate_vocab = load_charrnn(candidate_dir)
+    incumbent, _, incumbent_vocab = load_charrnn(incumbent_dir)
+    if candidate_vocab.chars != incumbent_vocab.chars:
+        raise NotComparable("it has another vocabulary than production")
+    path = os.path.join(incumbent_dir, HELDOUT_TEXT)
+    if not os.path.exists(path):
+        raise NotComparable("production kept no held-out text to compare on")
+    with open(path, encoding="utf-8") as f:
+        ids = incumbent_vocab.encode(f.read())
+    return (validation_loss(candidate, ids)["val_loss"],
+            validation_loss(incumbent, ids)["val_loss"])
+
+
 def train(job: TrainingJob) -> Trained:
     """The family's training function: corpus -> vocabulary -> Ray Train -> version files."""
     from models.charrnn import count_params
@@ -133,6 +156,9 @@ def train(job: TrainingJob) -> Trained:
                   job.score.ranking(has_validation=len(val_ids) > 0), init_weights)
     with open(os.path.join(job.output_dir, VOCAB_FILE), "w", encoding="utf-8") as f:
         f.write(vocab.to_json())
+    if len(val_ids):  # the held-out tail, as text (one id per character)
+        with open(os.path.join(job.output_dir, HELDOUT_TEXT), "w", encoding="utf-8") as f:
+            f.write(text[len(text) - len(val_ids):])
     return Trained(params, {**metrics, "params": count_params(model)})
 
 

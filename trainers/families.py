@@ -35,6 +35,9 @@ class Family:
     # could never train (or would unpack to more than max_unpacked_bytes); returns the params
     # resolved from it.
     check_upload: Callable[..., TrainingParams]
+    # heldout_scores(candidate_dir, incumbent_dir): both versions' score on the incumbent's
+    # held-out data; NotComparable when they cannot be compared. The promotion gate's measure.
+    heldout_scores: Callable[[str, str], tuple[float, float]]
     server_managed: tuple[str, ...] = ()  # fields the trainer fills in, not the user
     extra_inputs: tuple[tuple[str, str], ...] = ()  # (flag, help) of inputs beside input_file
 
@@ -76,9 +79,11 @@ FAMILIES = {family.kind: family for family in (
     Family(charrnn.KIND, CharRNNConfig, TrainConfig,
            score=Score("val_loss", higher_is_better=False, fallback=TRAIN_LOSS),
            train=charrnn.train, check_upload=charrnn.check_upload,
+           heldout_scores=charrnn.heldout_scores,
            server_managed=("vocab_size",)),
     Family(lstm_classifier.KIND, ClassifierConfig, ClassifierTrainConfig,
            score=Score("val_accuracy", higher_is_better=True, fallback=TRAIN_LOSS),
            train=lstm_classifier.train, check_upload=lstm_classifier.check_upload,
+           heldout_scores=lstm_classifier.heldout_scores,
            extra_inputs=(("labels_file", "IDX labels when --input_file holds IDX images"),)),
 )}

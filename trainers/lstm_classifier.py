@@ -18,11 +18,17 @@ import sys
 
 import numpy as np
 
-from models.artifacts import SAVED_MODEL_DIR, WEIGHTS_FILE
+from models.artifacts import HELDOUT_EXAMPLES, SAVED_MODEL_DIR, WEIGHTS_FILE
 from models.config import ClassifierTrainConfig
 from trainers.classifier_data import prepare, read_idx, read_npz, split
 from trainers.loop import WorkerPayload
-from trainers.training_job import Trained, TrainingJob, TrainingParams, UserError
+from trainers.training_job import (
+    NotComparable,
+    Trained,
+    TrainingJob,
+    TrainingParams,
+    UserError,
+)
 
 KIND = "lstm-classifier"
 
@@ -101,7 +107,27 @@ def train(job: TrainingJob) -> Trained:
     model = build_classifier(params.model)
     model.load_weights(os.path.join(job.output_dir, WEIGHTS_FILE))
     export_saved_model(model, params.model, os.path.join(job.output_dir, SAVED_MODEL_DIR))
+    if len(x_val):
+        np.savez(os.path.join(job.output_dir, HELDOUT_EXAMPLES), x=x_val, y=y_val)
     return Trained(params, {**metrics, "params": model.count_params()})
+
+
+def heldout_scores(candidate_dir: str, incumbent_dir: str) -> tuple[float, float]:
+    """Accuracy of two versions on the incumbent's held-out examples."""
+    from models.artifacts import load_classifier
+    from trainers.classifier_data import evaluate
+
+    candidate, candidate_config = load_classifier(candidate_dir)
+    incumbent, incumbent_config = load_classifier(incumbent_dir)
+    shape = ("timesteps", "features", "classes")
+    if [getattr(candidate_config, k) for k in shape] != [getattr(incumbent_config, k) for k in shape]:
+        raise NotComparable("its inputs or classes differ from production's")
+    path = os.path.join(incumbent_dir, HELDOUT_EXAMPLES)
+    if not os.path.exists(path):
+        raise NotComparable("production kept no held-out examples to compare on")
+    with np.load(path) as heldout:
+        x, y = heldout["x"], heldout["y"]
+    return evaluate(candidate, x, y)["val_accuracy"], evaluate(incumbent, x, y)["val_accuracy"]
 
 
 if __name__ == "__main__":

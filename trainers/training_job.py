@@ -24,6 +24,10 @@ class UserError(ValueError):
     The same checks run on an upload in the server (a 400) and in the trainer (a failed run)."""
 
 
+class NotComparable(Exception):
+    """Two versions cannot be compared on the same data (other vocabulary, nothing held out)."""
+
+
 @dataclass(frozen=True)
 class Score:
     """The metric that ranks a run's checkpoints and gates promotion."""

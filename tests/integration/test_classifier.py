@@ -42,11 +42,18 @@ def status(url: str, version: int) -> str:
     return next(v["status"] for v in detail["versions"] if v["version"] == version)
 
 
+def logs(url: str, version: int) -> list[str]:
+    return requests.get(f"{url}/models/digits/versions/{version}/logs", timeout=10).json()["lines"]
+
+
 def wait_ready(url: str, version: int) -> None:
+    """Until the version is ready and the promotion gate (after publishing) has decided."""
     final = wait_for(lambda: status(url, version) in ("ready", "failed", "cancelled")
                      and status(url, version), 400, interval=1, what=f"digits v{version}")
-    logs = requests.get(f"{url}/models/digits/versions/{version}/logs").json()["lines"]
-    assert final == "ready", logs
+    assert final == "ready", logs(url, version)
+    wait_for(lambda: any(line.startswith((f"promoted version {version}",
+                                          f"version {version} stays a candidate"))
+                         for line in logs(url, version)), 120, what="the promotion decision")
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +118,8 @@ def test_promotion_gate_and_a_live_switch_without_failures(served, digits, regis
     worse = upload(served, digits[0], max_steps="3", save_every_n="3")
     wait_ready(served, worse)
     assert registry.get_alias("digits", "production") == 1
-    logs = requests.get(f"{served}/models/digits/versions/{worse}/logs").json()["lines"]
-    assert any("stays a candidate" in line for line in logs)
+    assert any("stays a candidate: val_accuracy on version 1's held-out data" in line
+               for line in logs(served, worse))
 
     responses, stop = [], threading.Event()
 

@@ -189,3 +189,25 @@ def test_a_finished_run_overrides_a_failed_guess_but_not_a_cancel(registry, tmp_
     registry.update_version("m", 2, status="cancelled")
     with pytest.raises(Conflict, match="cancelled"):
         registry.publish_version("m", 2, artifacts(tmp_path))
+
+
+def test_the_alias_moves_only_from_the_version_it_was_compared_with(registry, tmp_path):
+    for _ in range(3):
+        registry.create_version("m")
+    for version in (1, 2, 3):
+        registry.publish_version("m", version, artifacts(tmp_path))
+    assert registry.move_alias("m", "production", 1, expected=None)
+    assert not registry.move_alias("m", "production", 2, expected=None)  # already set
+    results = {}
+
+    def move(version):  # two versions that both beat version 1 finish together
+        results[version] = registry.move_alias("m", "production", version, expected=1)
+
+    racers = [threading.Thread(target=move, args=(v,)) for v in (2, 3)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert sorted(results.values()) == [False, True]
+    winner = next(v for v, moved in results.items() if moved)
+    assert registry.get_alias("m", "production") == winner
