@@ -49,8 +49,8 @@ def test_two_workers_register_a_ready_version_that_reloads_to_the_same_loss(
                          "--lr_decay", "0.1", "--max_minutes", "30", *SMALL_MODEL))
     record, directory = registry.fetch_version("two-workers")
     assert record.status == "ready" and record.version == 1
-    assert sorted(os.listdir(directory)) == ["config.json", "history.json", "metrics.json",
-                                             "model.weights.h5", "vocab.json"]
+    assert sorted(os.listdir(directory)) == ["config.json", "heldout.txt", "history.json",
+                                             "metrics.json", "model.weights.h5", "vocab.json"]
     with open(os.path.join(directory, "history.json")) as f:
         history = json.load(f)["history"]
     assert [m["step"] for m in history] == [15, 30]  # both checkpoints, the kept one among them
