@@ -53,9 +53,9 @@ def redis_server(tmp_path_factory):
         process.wait(timeout=20)
 
 
-def kill_own_ray() -> None:
-    """Kill this session's Ray processes only: those whose command line carries TEMP_DIR, and
-    their descendants (workers, job drivers, dashboard modules)."""
+def own_ray_processes() -> dict:
+    """This session's Ray processes: those whose command line carries TEMP_DIR, and their
+    descendants (workers, job drivers, dashboard modules), by pid."""
     import psutil
 
     daemons = [p for p in psutil.process_iter(["cmdline"])
@@ -66,6 +66,32 @@ def kill_own_ray() -> None:
             family.update({c.pid: c for c in daemon.children(recursive=True)})
         except psutil.NoSuchProcess:
             pass
+    return family
+
+
+def cpu_seconds() -> dict:
+    """CPU seconds (user + system) used so far by each of this session's Ray processes:
+    {pid: (name, seconds)}."""
+    import psutil
+
+    used = {}
+    for pid, process in own_ray_processes().items():
+        try:
+            times, args = process.cpu_times(), process.cmdline()
+            name = os.path.basename(args[0]) if args else process.name()
+            if name.startswith("python") and len(args) > 1:
+                name = " ".join(os.path.basename(arg) for arg in args[1:3])
+            used[pid] = (name[:40], times.user + times.system)
+        except psutil.Error:
+            pass
+    return used
+
+
+def kill_own_ray() -> None:
+    """Kill this session's Ray processes only (`own_ray_processes`), never another's."""
+    import psutil
+
+    family = own_ray_processes()
     for process in family.values():
         try:
             process.kill()

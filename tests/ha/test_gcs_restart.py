@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import SHARED_DATA, wait_for
-from tests.ha.conftest import gcs_process, restart_gcs
+from tests.ha.conftest import cpu_seconds, gcs_process, restart_gcs
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +102,16 @@ def phase(entries: list, seconds: float) -> str:
             f"p95 {latencies[int(len(latencies) * 0.95)]:.2f} s, max {latencies[-1]:.2f} s")
 
 
+def cpu_use(start: dict, end: dict, seconds: float) -> str:
+    """Cores used over a phase by this session's Ray processes, and the busiest kinds."""
+    by_name: dict = {}
+    for pid, (name, used) in end.items():
+        by_name[name] = by_name.get(name, 0.0) + used - start.get(pid, (name, 0.0))[1]
+    top = sorted(by_name.items(), key=lambda item: -item[1])[:4]
+    return (f"{sum(by_name.values()) / seconds:.2f} cores; busiest: "
+            + ", ".join(f"{name} {used / seconds:.2f}" for name, used in top))
+
+
 def test_gcs_restart_under_load(ha_head, ha_app, registry):
     url = ha_app
     text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
@@ -140,6 +150,7 @@ def test_gcs_restart_under_load(ha_head, ha_app, registry):
         gcs = gcs_process(ha_head["gcs_port"])
         assert gcs is not None, "no GCS process of this session"
         cmdline, environ = gcs.cmdline(), gcs.environ()
+        cpu = {"before": cpu_seconds()}
         t_kill = time.monotonic()
         os.kill(gcs.pid, 9)
         time.sleep(5)
@@ -147,12 +158,14 @@ def test_gcs_restart_under_load(ha_head, ha_app, registry):
         side = threading.Thread(target=try_upload, args=(url, "during", text, during))
         side.start()
         time.sleep(DOWN_S - 5)
+        cpu["down"] = cpu_seconds()
         restarted = restart_gcs(cmdline, environ)
         t_back = time.monotonic()
         # Uploads from the moment the GCS is back, until one is accepted.
         uploader = threading.Thread(target=upload_until_accepted, args=(url, text, after))
         uploader.start()
         time.sleep(AFTER_S)
+        cpu["after"] = cpu_seconds()
     finally:
         stop_load.set()
         for thread in workers:
@@ -196,6 +209,10 @@ def test_gcs_restart_under_load(ha_head, ha_app, registry):
           f"{t_after_ready - t_back:.1f} s after it (the first upload, before the outage: ready "
           f"{first_ready_s:.1f} s after its upload)")
     print(f"  in-flight run: statuses {[s for _, s in seen]}; last log line {inflight_logs[-2:-1]}")
+    for label, start, end, seconds in (("GCS down", "before", "down", t_back - t_kill),
+                                       ("after", "down", "after", AFTER_S)):
+        usage = cpu_use(cpu[start], cpu[end], seconds)
+        print(f"  CPU of this session's Ray processes while {label}: {usage}")
     if failed:
         print(f"  failed requests: {sorted({e[2] for e in failed})[:5]}")
 
