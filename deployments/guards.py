@@ -76,7 +76,7 @@ def _client(scope, api_key: str | None) -> str:
     return "ip:" + (client[0] if client else "unknown")
 
 
-async def _send_error(send, status: int, error: str, headers: dict | None = None) -> None:
+async def send_error(send, status: int, error: str, headers: dict | None = None) -> None:
     body = json.dumps({"error": error, "detail": None}).encode()
     raw_headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
@@ -120,14 +120,14 @@ class RequestGuards:
         if limiter is not None:
             wait = limiter.check(f"{route}:{_client(scope, self.api_key)}")
             if wait > 0:
-                return await _send_error(send, 429, "too many requests; retry later",
+                return await send_error(send, 429, "too many requests; retry later",
                                          {"Retry-After": str(math.ceil(wait))})
         if route == "inference" and self.max_in_flight > 0:
             # A client's generations/predictions at once (a stream counts until it ends): one
             # address cannot fill a model's waiting queue or cycle the model cache alone.
             client = _client(scope, self.api_key)
             if self.in_flight.get(client, 0) >= self.max_in_flight:
-                return await _send_error(send, 429, f"more than {self.max_in_flight} requests "
+                return await send_error(send, 429, f"more than {self.max_in_flight} requests "
                                          "in flight from this client; retry later",
                                          {"Retry-After": "1"})
             self.in_flight[client] = self.in_flight.get(client, 0) + 1
@@ -151,7 +151,7 @@ class RequestGuards:
             too_large = f"request body larger than {cap} bytes"
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > cap:
-            return await _send_error(send, 413, too_large)
+            return await send_error(send, 413, too_large)
         body = _BodyReader(receive, cap, too_large, self.min_body_bytes_per_s,
                            self.body_grace_s)
         if route == "upload":
@@ -162,7 +162,7 @@ class RequestGuards:
         try:
             first = await body.read_all()
         except BodyRefused as refused:
-            return await _send_error(send, refused.status, refused.error)
+            return await send_error(send, refused.status, refused.error)
         replayed = False
 
         async def replay():
@@ -184,7 +184,7 @@ class RequestGuards:
                 if not replaced:
                     replaced = True
                     scope[BODY_TOO_LARGE] = True  # the route checks it before any side effect
-                    await _send_error(send, body.refused.status, body.refused.error)
+                    await send_error(send, body.refused.status, body.refused.error)
                 return
             await send(message)
 
@@ -193,7 +193,7 @@ class RequestGuards:
         except BodyRefused:
             pass  # escaped the app's own handling: answered below
         if body.refused is not None and not replaced:
-            await _send_error(send, body.refused.status, body.refused.error)
+            await send_error(send, body.refused.status, body.refused.error)
 
 
 class _BodyReader:

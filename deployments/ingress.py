@@ -22,6 +22,7 @@ from deployments.errors import ApiError, Overloaded, install_error_handlers
 from deployments.guards import BODY_TOO_LARGE, RequestGuards
 from deployments.limits import Limits
 from deployments.metrics import JobMetrics
+from deployments.origin_guard import SameOriginGuard
 from deployments.predict_input import parse_json_body, parse_predict_body
 from deployments.schemas import DB_INT_MAX, GenerateRequest, PromoteRequest, sample_config
 from deployments.training_jobs import TrainingJobs
@@ -74,6 +75,8 @@ class Ingress:
                                 min_body_bytes_per_s=self.limits.min_body_bytes_per_s,
                                 body_grace_s=self.limits.body_grace_s,
                                 max_in_flight=self.limits.max_in_flight_per_client)
+        # Added last, so it runs first: a foreign host or origin costs nothing else.
+        self.app.add_middleware(SameOriginGuard, allowed_hosts=self.limits.allowed_hosts)
         return self.app
 
     async def _sync_jobs(self, interval: float) -> None:

@@ -34,6 +34,10 @@ class Limits:
     uploads_per_minute: float = param(10.0, "uploads per client per minute (0: no limit)...", 0)
     upload_burst: float = param(5.0, "...with bursts up to this many", 1)
 
+    allowed_hosts: str = param("localhost,127.0.0.1,::1", "host names (comma-separated) the "
+                               "app answers to, against DNS rebinding; * for any (behind a "
+                               "proxy that checks Host)")
+
     def rate_limiters(self) -> dict[str, RateLimiter]:
         """Token buckets for the two route classes (a rate of 0 switches one off)."""
         limiters = {}

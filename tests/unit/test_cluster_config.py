@@ -18,6 +18,11 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     assert prepared["head_node_type"] == "head"
     setup = "\n".join(prepared["setup_commands"])
     assert "RNNSERVE_STORAGE" in setup and "RNNSERVE_DB_URL" in setup
+    # Token authentication on every node; the token comes from outside the file.
+    assert "export RAY_AUTH_MODE=token" in setup
+    for start in (prepared["head_start_ray_commands"], prepared["worker_start_ray_commands"]):
+        assert "RAY_AUTH_TOKEN" in "\n".join(start)
+    assert "RAY_AUTH_TOKEN=" not in setup
 
 
 def test_the_validator_would_catch_a_broken_config():
