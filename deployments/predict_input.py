@@ -17,8 +17,6 @@ from numbers import Real
 
 import numpy as np
 
-from models.inputs import scale_pixels
-
 MAX_DEPTH = 4  # {"data": [example [row [number]]]}
 
 
@@ -110,6 +108,6 @@ def parse_predict_body(body, timesteps: int, features: int,
         raise ValueError("data holds NaN or infinite values")
     if np.abs(x).max() > 1e6:
         raise ValueError("data values must be within [-1e6, 1e6]")
-    return scale_pixels(x).astype(np.float32), batched
+    return x.astype(np.float32), batched  # the model scales its inputs itself
 
 

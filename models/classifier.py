@@ -13,6 +13,9 @@ SERVING_OUTPUT = "y_output"
 
 def build_classifier(config: ClassifierConfig) -> keras.Model:
     x = inputs = keras.Input(shape=(config.timesteps, config.features), name=SERVING_INPUT)
+    # The input transform is part of the model, decided once at training: Keras, the
+    # SavedModel and every predict route apply the same one. (0 is "not resolved": unscaled.)
+    x = keras.layers.Rescaling(config.input_scale or 1.0, name="input_scale")(x)
     for layer in range(config.num_layers):
         last = layer == config.num_layers - 1
         x = keras.layers.LSTM(config.num_hidden, return_sequences=not last, name=f"lstm_{layer}")(x)

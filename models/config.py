@@ -83,6 +83,9 @@ class ClassifierConfig:
     num_layers: int = param(1, "stacked LSTM layers", 1, 8)
     classes: int = param(10, "number of labels", 2, 100_000)
     dropout: float = param(0.0, "dropout rate after each LSTM layer while training", 0.0, 0.9)
+    input_scale: float = param(0.0, "the model multiplies its inputs by this (part of the model, "
+                               "so every route scales alike); 0: 1/255 when the training data "
+                               "is uint8 (pixels), else 1", 0.0, 1e6)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Labelled sequences for the LSTM classifier: .npz uploads or MNIST IDX files, split, batches.
 
-Images [N, H, W] are read row by row: H timesteps of W features. Pixel values above 1 are
-scaled to [0, 1] (uint8 images); labels must be integers in [0, classes).
+Images [N, H, W] are read row by row: H timesteps of W features. Values are kept as given (the
+model scales its inputs itself, see ClassifierConfig.input_scale); labels must be integers in
+[0, classes).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from models.inputs import scale_pixels
 from trainers.training_job import UserError
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -94,7 +94,7 @@ def _read_npy(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> np.ndarray:
 
 
 def prepare(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validated float32 [N, T, F] in [0, 1] and int32 labels."""
+    """Validated float32 [N, T, F] (values as given: the model scales them) and int32 labels."""
     if x.ndim != 3:
         raise UserError(f"x must be [N, T, F] or [N, H, W]; got shape {list(x.shape)}")
     if y.ndim != 1 or len(y) != len(x):
@@ -106,7 +106,6 @@ def prepare(x: np.ndarray, y: np.ndarray, classes: int) -> tuple[np.ndarray, np.
     x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         raise UserError("x holds NaN or infinite values")
-    x = scale_pixels(x)
     if y.min() < 0 or y.max() >= classes:
         raise UserError(f"labels must be in [0, {classes}); found {int(y.min())}..{int(y.max())}")
     return x, y.astype(np.int32)

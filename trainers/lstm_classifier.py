@@ -64,32 +64,33 @@ def classifier_worker(payload: WorkerPayload) -> None:
     ))
 
 
-def fit_to_data(x: np.ndarray, params: TrainingParams) -> TrainingParams:
-    """The params with the examples' [timesteps, features] filled in where not given (0);
-    UserError when given ones disagree with the data."""
+def fit_to_data(x: np.ndarray, y: np.ndarray, params: TrainingParams):
+    """(float32 examples, int32 labels, params) from the data as read, checked, with what the
+    params leave to the data (0) filled in: [timesteps, features] from the shape, and the
+    input scale from the type: 1/255 for uint8 (pixels), 1 for anything else. UserError when
+    given ones disagree with the data."""
     model = params.model
+    scale = model.input_scale or (1 / 255 if x.dtype == np.uint8 else 1.0)
+    x, y = prepare(x, y, model.classes)
     steps, features = x.shape[1:]
     if (model.timesteps or steps, model.features or features) != (steps, features):
         raise UserError(f"examples are [{steps}, {features}], but timesteps/features are "
                         f"[{model.timesteps}, {model.features}]")
-    return dataclasses.replace(params, model=dataclasses.replace(
-        model, timesteps=int(steps), features=int(features)))
+    return x, y, dataclasses.replace(params, model=dataclasses.replace(
+        model, timesteps=int(steps), features=int(features), input_scale=scale))
 
 
 def check_upload(data: bytes, params: TrainingParams, *,
                  max_unpacked_bytes: int | None = None) -> TrainingParams:
-    x, _ = prepare(*read_npz(data, max_unpacked_bytes), params.model.classes)
-    return fit_to_data(x, params)
+    return fit_to_data(*read_npz(data, max_unpacked_bytes), params)[2]
 
 
 def load_examples(job: TrainingJob) -> tuple[np.ndarray, np.ndarray]:
-    """The job's examples: an .npz, or IDX images with an IDX labels file."""
+    """The job's examples as read: an .npz, or IDX images with an IDX labels file."""
     data = job.read_input()
     if job.inputs.get("labels_file"):
-        x, y = read_idx(data), read_idx(job.read_input("labels_file"))
-    else:
-        x, y = read_npz(data)
-    return prepare(x, y, job.params.model.classes)
+        return read_idx(data), read_idx(job.read_input("labels_file"))
+    return read_npz(data)
 
 
 def train(job: TrainingJob) -> Trained:
@@ -97,8 +98,7 @@ def train(job: TrainingJob) -> Trained:
     from models.classifier import build_classifier, export_saved_model
     from trainers.ray_run import fit
 
-    x, y = load_examples(job)
-    params = fit_to_data(x, job.params)
+    x, y, params = fit_to_data(*load_examples(job), job.params)
     run: ClassifierTrainConfig = params.run
     (x_train, y_train), (x_val, y_val) = split(x, y, run.val_frac, run.seed)
     job.log(f"{len(x):,} examples: {len(x_train):,} for training, {len(x_val):,} for validation")

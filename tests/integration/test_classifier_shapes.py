@@ -1,5 +1,6 @@
-"""A classifier trained on sequences of another shape than MNIST's, with nothing held out:
-the shape comes from the data, and the checkpoint kept is the lowest-loss one."""
+"""A classifier trained on signals rather than images (another shape than MNIST's, values in
+[-2, 2], nothing held out): the shape and the input scale come from the data, the checkpoint
+kept is the lowest-loss one, and an example gets the same answer alone or beside others."""
 
 from __future__ import annotations
 
@@ -16,14 +17,19 @@ pytestmark = pytest.mark.integration
 STEPS, FEATURES = 40, 1
 
 
+def signals(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes an LSTM tells apart easily: rising vs falling ramps over [-2, 2], noisy
+    (a sensor, not an image: dividing it by 255 would flatten it to noise)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=count)
+    ramp = np.linspace(-2, 2, STEPS)
+    x = np.stack([ramp if label else ramp[::-1] for label in labels])[..., None]
+    return (x + rng.normal(0, 0.3, size=x.shape)).astype(np.float32), labels
+
+
 @pytest.fixture(scope="module")
 def rows_model(serve_app, registry):
-    # Two classes a one-unit-wide LSTM can tell apart: rising vs falling ramps, with noise.
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, size=256)
-    ramps = np.linspace(0, 1, STEPS)
-    x = np.stack([ramps if label else ramps[::-1] for label in labels])[..., None]
-    x = (x + rng.normal(0, 0.3, size=x.shape)).astype(np.float32)
+    x, labels = signals(256, seed=0)
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=labels)
     # No timesteps/features: the defaults (0) mean "the data's shape".
@@ -41,12 +47,26 @@ def rows_model(serve_app, registry):
     return record
 
 
-def test_shape_is_read_from_the_uploaded_arrays(serve_app, rows_model):
-    assert (rows_model.params["timesteps"], rows_model.params["features"]) == (STEPS, FEATURES)
-    response = requests.post(f"{serve_app}/models/rows/predict",
-                             json={"data": [[0.5]] * STEPS}, timeout=60)
+def predict(url: str, examples) -> list:
+    response = requests.post(f"{url}/models/rows/predict", json={"data": examples}, timeout=60)
     assert response.status_code == 200, response.text
-    assert len(response.json()["y"]) == 2
+    return response.json()["y"]
+
+
+def test_shape_and_scale_are_read_from_the_uploaded_arrays(serve_app, rows_model):
+    assert (rows_model.params["timesteps"], rows_model.params["features"]) == (STEPS, FEATURES)
+    assert rows_model.params["input_scale"] == 1.0  # float data: kept as it is
+    x, labels = signals(40, seed=1)
+    probabilities = np.array(predict(serve_app, x.tolist()))
+    assert (probabilities.argmax(axis=1) == labels).mean() >= 0.9
+
+
+def test_an_example_gets_the_same_answer_alone_and_beside_others(serve_app, rows_model):
+    x, _ = signals(1, seed=2)
+    alone = predict(serve_app, x.tolist())
+    loud = np.full_like(x[0], 2.0) * 100  # a row far outside the others' range
+    beside = predict(serve_app, [x[0].tolist(), loud.tolist()])
+    np.testing.assert_allclose(alone[0], beside[0], atol=1e-5)
 
 
 def test_without_validation_the_lowest_training_loss_checkpoint_is_kept(rows_model, registry):

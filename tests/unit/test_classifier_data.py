@@ -45,9 +45,9 @@ def test_npz_needs_x_and_y_and_no_pickles():
         read_npz(b"not a zip at all")
 
 
-def test_prepare_scales_pixels_and_checks_labels():
+def test_prepare_keeps_values_and_checks_labels():
     x, y = prepare(np.full((3, 28, 28), 255, np.uint8), np.array([0, 9, 3]), classes=10)
-    assert x.dtype == np.float32 and x.max() == 1.0 and y.dtype == np.int32
+    assert x.dtype == np.float32 and x.max() == 255.0 and y.dtype == np.int32
     with pytest.raises(UserError, match="labels must be in"):
         prepare(np.zeros((2, 4, 4)), np.array([0, 10]), classes=10)
     with pytest.raises(UserError, match="NaN"):

@@ -21,9 +21,12 @@ def test_accepted_shapes(body, rows, batched):
     assert x.shape == (rows, 28, 28) and x.dtype == np.float32 and is_batch == batched
 
 
-def test_pixel_values_are_scaled_like_training():
-    x, _ = parse_predict_body({"data": [255] * 784}, 28, 28, 8)
-    assert x.max() == 1.0
+def test_values_reach_the_model_as_sent_whatever_shares_the_request():
+    """The model scales its own inputs: parsing never rescales, so one example is the same
+    alone and beside rows with larger values."""
+    alone, _ = parse_predict_body({"data": [0.5] * 784}, 28, 28, 8)
+    beside, _ = parse_predict_body({"data": [[0.5] * 784, [255] * 784]}, 28, 28, 8)
+    assert alone.max() == 0.5 and np.array_equal(alone[0], beside[0])
 
 
 @pytest.mark.parametrize("body, message", [
@@ -75,5 +78,5 @@ def test_rejected_raw_bodies(raw, message):
 
 def test_raw_body_parses_like_json():
     x, _ = parse_predict_body(parse_json_body(_flat("7")), 28, 28, max_rows=8)
-    assert x[0, 0, 0] == pytest.approx(7 / 255)  # pixel scaling, as before
+    assert x[0, 0, 0] == 7.0
     assert parse_json_body(b'{"data": [[1, 2.5]]}') == {"data": [[1.0, 2.5]]}
