@@ -63,7 +63,7 @@ def _route_class(method: str, path: str) -> str | None:
     return None
 
 
-def _client(scope, api_key: str | None) -> str:
+def client_of(scope, api_key: str | None) -> str:
     """The bucket's owner: holders of the configured API key share one bucket; everyone else
     is their address. Any other bearer token is ignored, or made-up tokens would each get a
     fresh bucket. The address is uvicorn's, which already honours X-Forwarded-For from a
@@ -118,14 +118,14 @@ class RequestGuards:
         route = _route_class(scope["method"], scope["path"])
         limiter = self.limiters.get(route)
         if limiter is not None:
-            wait = limiter.check(f"{route}:{_client(scope, self.api_key)}")
+            wait = limiter.check(f"{route}:{client_of(scope, self.api_key)}")
             if wait > 0:
                 return await send_error(send, 429, "too many requests; retry later",
                                          {"Retry-After": str(math.ceil(wait))})
         if route == "inference" and self.max_in_flight > 0:
             # A client's generations/predictions at once (a stream counts until it ends): one
             # address cannot fill a model's waiting queue or cycle the model cache alone.
-            client = _client(scope, self.api_key)
+            client = client_of(scope, self.api_key)
             if self.in_flight.get(client, 0) >= self.max_in_flight:
                 return await send_error(send, 429, f"more than {self.max_in_flight} requests "
                                          "in flight from this client; retry later",

@@ -19,7 +19,7 @@ from ray import serve
 
 from deployments.auth import check_api_key
 from deployments.errors import ApiError, Overloaded, install_error_handlers
-from deployments.guards import BODY_TOO_LARGE, RequestGuards
+from deployments.guards import BODY_TOO_LARGE, RequestGuards, client_of
 from deployments.limits import Limits
 from deployments.metrics import JobMetrics
 from deployments.origin_guard import SameOriginGuard
@@ -57,7 +57,7 @@ class Ingress:
         self.limits = limits
         self.generator = generator
         self.classifier = classifier
-        self.jobs = TrainingJobs(self.registry, self.settings, dashboard_address,
+        self.jobs = TrainingJobs(self.registry, self.settings, limits, dashboard_address,
                                  job_server_grace_s)
         self.job_metrics = JobMetrics()
         self._sync_task = asyncio.get_event_loop().create_task(self._sync_jobs(job_sync_interval_s))
@@ -127,7 +127,7 @@ class Ingress:
         if len(data) > self.limits.max_upload_bytes:
             raise ApiError(413, f"upload larger than {self.limits.max_upload_bytes} bytes")
         record = await self.jobs.start(family, name, file.filename or "upload", data, params,
-                                       max_unpacked_bytes=self.limits.max_unpacked_bytes)
+                                       client_of(request.scope, self.settings.api_key))
         return JSONResponse({"name": name, "version": record.version, "job_id": record.job_id,
                              "status": record.status, "kind": kind}, status_code=202)
 

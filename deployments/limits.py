@@ -34,6 +34,16 @@ class Limits:
     uploads_per_minute: float = param(10.0, "uploads per client per minute (0: no limit)...", 0)
     upload_burst: float = param(5.0, "...with bursts up to this many", 1)
 
+    # Training jobs: each accepted upload starts a driver (~1 GB with TensorFlow) and workers.
+    max_training_jobs: int = param(4, "training jobs queued or running at once, in all", 1)
+    max_training_jobs_per_client: int = param(2, "...of which one client's", 1)
+    max_num_workers: int = param(4, "Ray Train workers one run may ask for", 1)
+    max_cpus_per_worker: int = param(4, "CPUs each of those workers may reserve", 1)
+    max_model_params: int = param(50_000_000, "trainable parameters of a model to train", 1)
+    min_log_every_n: int = param(10, "smallest log_every_n (a log line is a database row)", 1)
+    gpus_on_demand: bool = param(False, "the autoscaler can add GPU nodes (cluster.yaml's "
+                                 "gpu_trainer): accept use_gpu while no GPU is up")
+
     allowed_hosts: str = param("localhost,127.0.0.1,::1", "host names (comma-separated) the "
                                "app answers to, against DNS rebinding; * for any (behind a "
                                "proxy that checks Host)")

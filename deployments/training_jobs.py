@@ -18,8 +18,10 @@ import shlex
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 
 from deployments.errors import ApiError
+from deployments.limits import Limits
 from registry import ACTIVE, Registry, Settings, VersionRecord, parse_model_ref
 from trainers.families import Family, TrainingParams
 
@@ -29,9 +31,10 @@ ENDED = {"FAILED": "failed", "STOPPED": "cancelled", "SUCCEEDED": "failed"}
 
 
 class TrainingJobs:
-    def __init__(self, registry: Registry, settings: Settings,
+    def __init__(self, registry: Registry, settings: Settings, limits: Limits,
                  dashboard_address: str | None = None, unreachable_grace_s: float = 600.0):
-        self.registry, self.settings = registry, settings
+        self.registry, self.settings, self.limits = registry, settings, limits
+        self._started_by: dict[tuple[str, int], str] = {}  # version -> client that uploaded it
         self.dashboard_address = dashboard_address
         self.unreachable_grace_s = unreachable_grace_s
         self._client = None
@@ -51,8 +54,7 @@ class TrainingJobs:
         return self._client
 
     async def start(self, family: Family, name: str, filename: str, data: bytes,
-                    params: TrainingParams,
-                    max_unpacked_bytes: int | None = None) -> VersionRecord:
+                    params: TrainingParams, client: str) -> VersionRecord:
         """Check an upload, store it, queue a version and submit its training job.
 
         Nothing is stored for an upload that could never train (400), and a failure after
@@ -62,12 +64,13 @@ class TrainingJobs:
             raise ApiError(400, "the uploaded file is empty")
         try:
             params = await asyncio.to_thread(family.check_upload, data, params,
-                                             max_unpacked_bytes=max_unpacked_bytes)
+                                             max_unpacked_bytes=self.limits.max_unpacked_bytes)
             parent = parse_model_ref(params.run.init_from) if params.run.init_from else None
         except ValueError as error:
             raise ApiError(400, str(error)) from None
         if parent:
             self.registry.get_version(*parent)  # 404 when the model to continue is unknown
+        await self._check_resources(params, client)
         relpath = self.registry.artifacts.upload_path(name, filename)
         await asyncio.to_thread(self.registry.artifacts.put_bytes, relpath, data)
         try:
@@ -81,7 +84,38 @@ class TrainingJobs:
             self.registry.append_logs(name, record.version, [f"job submission failed: {error}"])
             self.registry.update_version(name, record.version, status="failed")
             raise ApiError(503, "could not submit the training job", str(error)) from None
+        self._started_by[(name, record.version)] = client
         return self.registry.update_version(name, record.version, job_id=job_id)
+
+    async def _check_resources(self, params: TrainingParams, client: str) -> None:
+        """What one upload may make the cluster spend, checked before anything is stored."""
+        run, limits = params.run, self.limits
+        for value, most, what, setting in (
+                (run.num_workers, limits.max_num_workers, "num_workers", "max_num_workers"),
+                (run.cpus_per_worker, limits.max_cpus_per_worker, "cpus_per_worker",
+                 "max_cpus_per_worker"),
+                (0 if run.init_from else params.model.param_count(), limits.max_model_params,
+                 "model parameters", "max_model_params")):
+            if value > most:
+                raise ApiError(400, f"{what} {value:,} is over this server's limit of {most:,} "
+                                    f"(limits.{setting})")
+        if run.log_every_n < limits.min_log_every_n:
+            raise ApiError(400, f"log_every_n must be >= {limits.min_log_every_n} "
+                                "(limits.min_log_every_n)")
+        if run.use_gpu and not limits.gpus_on_demand and not await asyncio.to_thread(_has_gpus):
+            raise ApiError(400, "use_gpu: this cluster has no GPU and cannot add one "
+                                "(limits.gpus_on_demand)")
+        active = [(r.name, r.version) for m in self.registry.list_models()
+                  for r in self.registry.list_versions(m["name"]) if r.status in ACTIVE]
+        mine = [v for v in active if self._started_by.get(v) == client]
+        for count, most, whose, setting in (
+                (len(mine), limits.max_training_jobs_per_client, "of yours",
+                 "max_training_jobs_per_client"),
+                (len(active), limits.max_training_jobs, "in all", "max_training_jobs")):
+            if count >= most:
+                raise ApiError(429, f"{count} training jobs {whose} are queued or running; the "
+                                    f"limit is {most} (limits.{setting}): retry when one ends",
+                               headers={"Retry-After": "60"})
 
     def entrypoint(self, family: Family, record: VersionRecord, input_file: str,
                    params: TrainingParams) -> str:
@@ -111,7 +145,7 @@ class TrainingJobs:
             for record in self.registry.list_versions(model["name"]):
                 if record.status not in ACTIVE or not record.job_id:
                     continue
-                ended = self._job_end(record.job_id)
+                ended = self._overdue(record) or self._job_end(record.job_id)
                 if ended is None:
                     continue
                 # Re-read: the trainer may have finished between the two reads.
@@ -123,6 +157,20 @@ class TrainingJobs:
                 self.registry.update_version(record.name, record.version, status=new_status)
                 changes.append((record.name, record.version, new_status))
         return changes
+
+    def _overdue(self, record: VersionRecord) -> tuple[str, str] | None:
+        """`timeout_s` counts from submission, so a job that never runs a step (its workers
+        cannot be scheduled) still ends: it is stopped and its version failed."""
+        timeout_s = float(record.params.get("timeout_s") or 0)
+        created = record.created_at if record.created_at.tzinfo else record.created_at.replace(
+            tzinfo=UTC)
+        if not timeout_s or (datetime.now(UTC) - created).total_seconds() <= timeout_s:
+            return None
+        try:
+            self.client.stop_job(record.job_id)
+        except Exception as error:  # noqa: BLE001 - already gone, or the server is away
+            logger.warning("stopping overdue job %s: %s", record.job_id, error)
+        return "failed", f"stopped: still running {timeout_s:.0f} s after submission (timeout_s)"
 
     def _job_end(self, job_id: str) -> tuple[str, str] | None:
         """(version status, reason) once the job has ended; None while it runs or while the
@@ -157,3 +205,9 @@ class TrainingJobs:
         if down < self.unreachable_grace_s:
             return None
         return "failed", f"the job server was unreachable for {down:.0f} s"
+
+
+def _has_gpus() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0

@@ -42,7 +42,3 @@ def build_charrnn(config: CharRNNConfig) -> keras.Model:
     # float32 logits even under a mixed-precision policy: softmax/loss need the range.
     logits = keras.layers.Dense(config.vocab_size, name="logits", dtype="float32")(x)
     return keras.Model(ids, logits, name="charrnn")
-
-
-def count_params(config: CharRNNConfig) -> int:
-    return build_charrnn(config).count_params()

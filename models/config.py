@@ -34,6 +34,16 @@ class CharRNNConfig:
     embedding_size: int = param(128, "embedding width when use_embedding is set", 2, 4096)
     train_keep_prob: float = param(0.5, "dropout keep probability while training", 0.05, 1.0)
 
+    def param_count(self) -> int:
+        """Trainable parameters, counted without building the network (the server bounds
+        model size before a job starts; tests hold this against Keras' own count)."""
+        inputs = self.embedding_size if self.use_embedding else self.vocab_size
+        total = self.vocab_size * self.embedding_size if self.use_embedding else 0
+        for _ in range(self.num_layers):
+            total += recurrent_params(self.cell, inputs, self.lstm_size)
+            inputs = self.lstm_size
+        return total + inputs * self.vocab_size + self.vocab_size  # logits
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -87,6 +97,13 @@ class ClassifierConfig:
                                "so every route scales alike); 0: 1/255 when the training data "
                                "is uint8 (pixels), else 1", 0.0, 1e6)
 
+    def param_count(self) -> int:
+        inputs, total = self.features, 0
+        for _ in range(self.num_layers):
+            total += recurrent_params("lstm", inputs, self.num_hidden)
+            inputs = self.num_hidden
+        return total + inputs * self.classes + self.classes
+
 
 @dataclass(frozen=True)
 class ClassifierTrainConfig(RunConfig):
@@ -106,6 +123,13 @@ class SampleConfig:
     temperature: float = param(1.0, "softmax temperature; lower is more conservative", 0.01, 10.0)
     top_k: int = param(0, "sample only among the k most likely characters (0: all)", 0, 100_000)
     seed: int | None = param(None, "random seed; the same seed gives the same text", 0, 2**63 - 1)
+
+
+def recurrent_params(cell: str, inputs: int, units: int) -> int:
+    """Weights of one Keras recurrent layer: kernel, recurrent kernel and biases per gate
+    (a GRU, with Keras' default reset_after, has two bias vectors)."""
+    gates, biases = {"lstm": (4, 1), "gru": (3, 2), "rnn": (1, 1)}[cell]
+    return gates * (units * (inputs + units) + biases * units)
 
 
 C = TypeVar("C")

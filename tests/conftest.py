@@ -164,8 +164,10 @@ def serve_app(ray_cluster, tmp_path_factory):
     # Many uploads come from this one client in a few minutes: lift its upload rate limit
     # (test_serving checks the limiter itself on the inference routes).
     # Long generations (the schema's 10,000) give the disconnect test time to hang up mid-way.
+    # The same client also keeps more training jobs going at once than a user may.
     config["applications"][0]["args"]["limits"].update(uploads_per_minute=6000, upload_burst=1000,
-                                                       max_length=10_000)
+                                                       max_length=10_000, max_training_jobs=100,
+                                                       max_training_jobs_per_client=100)
     path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     url = f"http://127.0.0.1:{port}"

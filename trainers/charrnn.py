@@ -91,9 +91,12 @@ def decode_corpus(data: bytes, run: TrainConfig) -> str:
 
 def check_upload(data: bytes, params: TrainingParams, *,
                  max_unpacked_bytes: int | None = None) -> TrainingParams:
-    # Plain text: nothing is unpacked, the upload cap already bounds it.
-    decode_corpus(data, params.run)
-    return params
+    """The params with the vocabulary size the text will give (to size the model before any
+    job starts). Plain text: nothing is unpacked, the upload cap already bounds it."""
+    text = decode_corpus(data, params.run)
+    vocab_size = min(len(set(text)), params.run.max_vocab - 1) + 1  # + the unknown symbol
+    return dataclasses.replace(params, model=dataclasses.replace(params.model,
+                                                                 vocab_size=vocab_size))
 
 
 def load_parent(registry: Registry, init_from: str, text: str):
@@ -134,7 +137,6 @@ def heldout_scores(candidate_dir: str, incumbent_dir: str) -> tuple[float, float
 
 def train(job: TrainingJob) -> Trained:
     """The family's training function: corpus -> vocabulary -> Ray Train -> version files."""
-    from models.charrnn import count_params
     from trainers.ray_run import fit
 
     run: TrainConfig = job.params.run
@@ -159,7 +161,7 @@ def train(job: TrainingJob) -> Trained:
     if len(val_ids):  # the held-out tail, as text (one id per character)
         with open(os.path.join(job.output_dir, HELDOUT_TEXT), "w", encoding="utf-8") as f:
             f.write(text[len(text) - len(val_ids):])
-    return Trained(params, {**metrics, "params": count_params(model)})
+    return Trained(params, {**metrics, "params": model.param_count()})
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ closed loopback port, no Ray cluster): not being able to ask is not an answer.""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
+from deployments.limits import Limits
 from deployments.training_jobs import TrainingJobs
 from registry import Registry, Settings
 
@@ -24,7 +26,7 @@ def training(tmp_path):
     registry = Registry(settings)
     registry.create_version("m", status="training")
     registry.update_version("m", 1, job_id="rnnserve-m-v1-0000")
-    jobs = TrainingJobs(registry, settings, f"http://127.0.0.1:{closed_port()}",
+    jobs = TrainingJobs(registry, settings, Limits(), f"http://127.0.0.1:{closed_port()}",
                         unreachable_grace_s=3600)
     return registry, jobs
 
@@ -44,3 +46,17 @@ def test_past_the_grace_the_version_fails_and_a_finished_run_still_publishes(tra
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "model.weights.h5").write_text("w")
     assert registry.publish_version("m", 1, str(tmp_path / "out")).status == "ready"
+
+
+def test_timeout_counts_from_submission_even_when_no_step_runs(tmp_path):
+    settings = Settings.from_env(storage=str(tmp_path / "storage"),
+                                 db_url=f"sqlite:///{tmp_path}/registry.db")
+    registry = Registry(settings)
+    registry.create_version("slow", params={"timeout_s": 0.2})
+    registry.update_version("slow", 1, job_id="rnnserve-slow-v1-0000")
+    jobs = TrainingJobs(registry, settings, Limits(), f"http://127.0.0.1:{closed_port()}",
+                        unreachable_grace_s=3600)
+    assert jobs.sync_statuses() == []  # within its time (the job server being away is no end)
+    time.sleep(0.3)
+    assert jobs.sync_statuses() == [("slow", 1, "failed")]
+    assert any("timeout_s" in line for line in registry.read_logs("slow", 1))
