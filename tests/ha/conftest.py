@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -100,16 +101,20 @@ def kill_own_ray() -> None:
     psutil.wait_procs(list(family.values()), timeout=15)
 
 
-@pytest.fixture(scope="session")
-def ha_head(redis_server, tmp_path_factory):
-    """`ray start --head` with GCS fault tolerance on `redis_server`; the registry and the
-    artifacts of this session in a temp dir (also in this process's environment)."""
+def start_head(tmp_path_factory, redis: dict | None):
+    """`ray start --head` on fresh loopback ports in TEMP_DIR, with GCS fault tolerance on
+    `redis` if given; the registry and artifacts in a new temp dir (also set in this process's
+    environment). Yields the addresses; kills the head's processes afterwards."""
     storage = tmp_path_factory.mktemp("storage")
     env = {**os.environ, "RNNSERVE_STORAGE": str(storage),
            "RNNSERVE_DB_URL": f"sqlite:///{storage}/registry.db",
            "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
-           "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-           "RAY_REDIS_ADDRESS": redis_server["address"]}
+           "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    env.pop("RAY_REDIS_ADDRESS", None)
+    redis_args = []
+    if redis:
+        env["RAY_REDIS_ADDRESS"] = redis["address"]
+        redis_args = [f"--redis-password={redis['password']}"]
     os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL")})
     ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
     agent_ports = [f"--{flag}={free_port()}" for flag in (
@@ -120,8 +125,7 @@ def ha_head(redis_server, tmp_path_factory):
             [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
              "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
-             "--metrics-export-port", str(ports["metrics"]), *agent_ports,
-             f"--redis-password={redis_server['password']}",
+             "--metrics-export-port", str(ports["metrics"]), *agent_ports, *redis_args,
              "--temp-dir", TEMP_DIR, "--disable-usage-stats"],
             check=True, env=env, cwd=REPO, capture_output=True)
         yield {"address": f"127.0.0.1:{ports['gcs']}", "gcs_port": ports["gcs"],
@@ -129,19 +133,12 @@ def ha_head(redis_server, tmp_path_factory):
                "storage": storage}
     finally:
         kill_own_ray()
+        shutil.rmtree(TEMP_DIR, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def registry(ha_head):
-    from registry import Registry, Settings
-
-    return Registry(Settings.from_env())
-
-
-@pytest.fixture(scope="session")
-def ha_app(ha_head, tmp_path_factory):
+def deploy_app(head: dict, tmp_path_factory) -> str:
     """The real app from serve_config.yaml (HTTP port changed; the per-client limits lifted:
-    every request of the test comes from one address) deployed onto the HA head."""
+    every request of the test comes from one address) deployed onto `head`; its URL."""
     import requests
     import yaml
 
@@ -152,8 +149,8 @@ def ha_app(ha_head, tmp_path_factory):
         uploads_per_minute=6000, upload_burst=1000, inference_per_s=0)
     path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", ha_head["dashboard"]],
-                   check=True, cwd=REPO, env=ha_head["env"], capture_output=True)
+    subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", head["dashboard"]],
+                   check=True, cwd=REPO, env=head["env"], capture_output=True)
     url = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -163,7 +160,37 @@ def ha_app(ha_head, tmp_path_factory):
             return False
 
     wait_for(healthy, 240, interval=1, what="the Serve app to answer /healthz")
-    yield url
+    return url
+
+
+# Module scope: each test module has its head to itself, torn down before the next starts.
+@pytest.fixture(scope="module")
+def ha_head(redis_server, tmp_path_factory):
+    """A head with GCS fault tolerance on this session's Redis."""
+    yield from start_head(tmp_path_factory, redis_server)
+
+
+@pytest.fixture(scope="module")
+def ha_app(ha_head, tmp_path_factory):
+    return deploy_app(ha_head, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def plain_head(tmp_path_factory):
+    """A head without GCS fault tolerance (what `make run` starts)."""
+    yield from start_head(tmp_path_factory, None)
+
+
+@pytest.fixture(scope="module")
+def plain_app(plain_head, tmp_path_factory):
+    return deploy_app(plain_head, tmp_path_factory)
+
+
+def open_registry():
+    """The registry of the current head (its settings are in this process's environment)."""
+    from registry import Registry, Settings
+
+    return Registry(Settings.from_env())
 
 
 def gcs_process(gcs_port: int):
