@@ -303,7 +303,8 @@ def train_and_lose_a_node(cluster: SimCluster, registry, corpus: str, name: str,
 
 
 # ---- serving -------------------------------------------------------------------------------
-def cluster_serve_config(port: int, generator_replicas: int = 2) -> dict:
+def cluster_serve_config(port: int, generator_replicas: int = 2,
+                         proxy_location: str = "EveryNode") -> dict:
     """serve_config.yaml, changed for the simulated cluster: the HTTP port; Generator replicas
     spread one per node; the Ingress (2 replicas) on the head, as cluster.yaml places it (the
     head carries a custom resource `ingress` for it); a small Generator queue bound
@@ -313,7 +314,7 @@ def cluster_serve_config(port: int, generator_replicas: int = 2) -> dict:
 
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
-    config["proxy_location"] = "EveryNode"
+    config["proxy_location"] = proxy_location
     app = config["applications"][0]
     app["args"]["limits"]["inference_per_s"] = 0  # 0 turns the limiter off
     deployments = {d["name"]: d for d in app["deployments"]}
@@ -350,6 +351,15 @@ def deploy(cluster: SimCluster, config: dict, tmp_dir: Path, timeout: float = 24
 
     wait_until(healthy, timeout, interval=1, what="the Serve app to answer /healthz")
     return url
+
+
+def serve_shutdown(cluster: SimCluster) -> None:
+    """Shut Serve down (the proxy location changes only with a fresh Serve instance); from this
+    process, so its own Serve client is dropped too."""
+    from ray import serve
+
+    serve.shutdown()
+    wait_until(lambda: not cluster.actors("ServeReplica:"), 120, what="Serve replicas to end")
 
 
 def replica_states(deployment: str) -> dict:
