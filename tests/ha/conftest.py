@@ -27,9 +27,10 @@ if os.environ.get("RNNSERVE_HA_TESTS") != "1":
 TEMP_DIR = f"/tmp/rnnserve-ha-{os.getpid()}"  # this session's Ray files (short: socket paths)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    """Debian's redis-server on a free loopback port, persistence on, password on stdin."""
+    """Debian's redis-server on a free loopback port, persistence on, password on stdin; one
+    per test module, so a new head never finds an earlier head's state in it."""
     directory = tmp_path_factory.mktemp("redis")
     port, password = free_port(), secrets.token_hex(16)
     process = subprocess.Popen(
@@ -120,17 +121,17 @@ def start_head(tmp_path_factory, redis: dict | None):
     agent_ports = [f"--{flag}={free_port()}" for flag in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    command = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
+               "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
+               "--metrics-export-port", str(ports["metrics"]), *agent_ports, *redis_args,
+               "--temp-dir", TEMP_DIR, "--disable-usage-stats"]
     try:
-        subprocess.run(
-            [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-             "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
-             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
-             "--metrics-export-port", str(ports["metrics"]), *agent_ports, *redis_args,
-             "--temp-dir", TEMP_DIR, "--disable-usage-stats"],
-            check=True, env=env, cwd=REPO, capture_output=True)
+        subprocess.run(command, check=True, env=env, cwd=REPO, capture_output=True)
+        # `command` and `env` start the same head again (a head restart).
         yield {"address": f"127.0.0.1:{ports['gcs']}", "gcs_port": ports["gcs"],
                "dashboard": f"http://127.0.0.1:{ports['dashboard']}", "env": env,
-               "storage": storage}
+               "storage": storage, "command": command}
     finally:
         kill_own_ray()
         shutil.rmtree(TEMP_DIR, ignore_errors=True)
