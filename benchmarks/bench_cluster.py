@@ -31,6 +31,7 @@ from pathlib import Path
 
 from benchmarks import RESULTS, SHARED_DATA
 from tests.cluster.simcluster import (
+    TEMP_ROOT,
     Load,
     SimCluster,
     cluster_serve_config,
@@ -171,6 +172,7 @@ def main() -> None:
         }
     finally:
         sim.shutdown()
+        shutil.rmtree(TEMP_ROOT, ignore_errors=True)  # this run's Ray files
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cluster.json").write_text(json.dumps(data, indent=2) + "\n")
     plot(data, RESULTS / "cluster.png")
