@@ -60,6 +60,9 @@ def watch(registry, name: str, version: int, stop: threading.Event, seen: list) 
         if not seen or seen[-1][1] != current:
             seen.append((time.monotonic(), current))
         time.sleep(0.5)
+    current = status(registry, name, version)  # the last word, read after `stop`
+    if not seen or seen[-1][1] != current:
+        seen.append((time.monotonic(), current))
 
 
 def try_upload(url: str, name: str, text: str, result: dict) -> None:
