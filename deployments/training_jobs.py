@@ -170,7 +170,8 @@ class TrainingJobs:
             self.client.stop_job(record.job_id)
         except Exception as error:  # noqa: BLE001 - already gone, or the server is away
             logger.warning("stopping overdue job %s: %s", record.job_id, error)
-        return "failed", f"stopped: still running {timeout_s:.0f} s after submission (timeout_s)"
+        return "failed", (f"stopped: past its wall-clock limit, still running {timeout_s:g} s "
+                          "after submission (timeout_s)")
 
     def _job_end(self, job_id: str) -> tuple[str, str] | None:
         """(version status, reason) once the job has ended; None while it runs or while the

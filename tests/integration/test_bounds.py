@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 TEXT, DIGITS = "bounds-text", "bounds-digits"
 CLASSIFIER_FORM = {"kind": "lstm-classifier", "num_hidden": "8", "batch_size": "16",
-                   "max_steps": "10", "save_every_n": "5", "log_every_n": "5", "val_frac": "0.25"}
+                   "max_steps": "10", "save_every_n": "10", "log_every_n": "10", "val_frac": "0.25"}
 BIG = 10**20
 
 
