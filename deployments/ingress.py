@@ -16,6 +16,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from deployments.auth import check_api_key
 from deployments.errors import ApiError, Overloaded, install_error_handlers
@@ -44,6 +45,23 @@ async def _prepend(first: str, rest):
         yield first
     async for chunk in rest:
         yield chunk
+
+
+async def _retrying_lost_replicas(call, attempts: int = 3):
+    """`await call()`, again on another replica when the one it reached died before answering
+    (its node was lost): nothing was returned yet and sampling is seeded, so a retry is safe."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except Overloaded as error:
+            raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+        except (ActorDiedError, ActorUnavailableError) as error:
+            logger.warning("generate: replica lost (%s), attempt %d", type(error).__name__,
+                           attempt + 1)
+            if attempt == attempts - 1:
+                raise ApiError(503, "the model's replica was lost; retry",
+                               headers={"Retry-After": "1"}) from None
+            await asyncio.sleep(0.5 * (attempt + 1))
 
 
 @serve.deployment
@@ -201,21 +219,21 @@ class Ingress:
         handle = self.generator.options(multiplexed_model_id=model_id)
         started = time.perf_counter()
         if body.stream:
-            chunks = handle.options(stream=True).stream.remote(sample)
-            try:
-                first = await chunks.__anext__()  # errors (queue full) become a status code here
-            except StopAsyncIteration:
-                first = ""
-            except Overloaded as error:
-                raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+            async def start_stream():
+                chunks = handle.options(stream=True).stream.remote(sample)
+                try:
+                    return chunks, await chunks.__anext__()
+                except StopAsyncIteration:
+                    return chunks, ""
+
+            # Errors before the first chunk (queue full, replica lost) become a status code or
+            # a retry here; once text has gone out, a lost replica ends the stream with an error.
+            chunks, first = await _retrying_lost_replicas(start_stream)
             return StreamingResponse(_prepend(first, chunks),
                                      media_type="text/plain; charset=utf-8",
                                      headers={"X-Model": name,
                                               "X-Model-Version": str(record.version)})
-        try:
-            result = await handle.generate.remote(sample)
-        except Overloaded as error:
-            raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
+        result = await _retrying_lost_replicas(lambda: handle.generate.remote(sample))
         return {**result, "model": name, "version": record.version, "prime": sample.prime,
                 "seconds": round(time.perf_counter() - started, 4)}
 

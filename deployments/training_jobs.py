@@ -28,6 +28,7 @@ from trainers.families import Family, TrainingParams
 logger = logging.getLogger("ray.serve")
 # Ray job status -> the version status it implies once the job has ended.
 ENDED = {"FAILED": "failed", "STOPPED": "cancelled", "SUCCEEDED": "failed"}
+NEVER_SUBMITTED_AFTER_S = 600.0  # submitting takes seconds; this is a server that went away
 
 
 class TrainingJobs:
@@ -143,9 +144,12 @@ class TrainingJobs:
         changes = []
         for model in self.registry.list_models():
             for record in self.registry.list_versions(model["name"]):
-                if record.status not in ACTIVE or not record.job_id:
+                if record.status not in ACTIVE:
                     continue
-                ended = self._overdue(record) or self._job_end(record.job_id)
+                if not record.job_id:
+                    ended = self._never_submitted(record)
+                else:
+                    ended = self._overdue(record) or self._job_end(record.job_id)
                 if ended is None:
                     continue
                 # Re-read: the trainer may have finished between the two reads.
@@ -158,13 +162,18 @@ class TrainingJobs:
                 changes.append((record.name, record.version, new_status))
         return changes
 
+    def _never_submitted(self, record: VersionRecord) -> tuple[str, str] | None:
+        """A version still `queued` with no job long after its upload: the server stopped
+        between recording it and submitting its job (a run started by hand is `training`)."""
+        if record.status != "queued" or _age_s(record) <= NEVER_SUBMITTED_AFTER_S:
+            return None
+        return "failed", "its training job was never submitted (the server restarted?)"
+
     def _overdue(self, record: VersionRecord) -> tuple[str, str] | None:
         """`timeout_s` counts from submission, so a job that never runs a step (its workers
         cannot be scheduled) still ends: it is stopped and its version failed."""
         timeout_s = float(record.params.get("timeout_s") or 0)
-        created = record.created_at if record.created_at.tzinfo else record.created_at.replace(
-            tzinfo=UTC)
-        if not timeout_s or (datetime.now(UTC) - created).total_seconds() <= timeout_s:
+        if not timeout_s or _age_s(record) <= timeout_s:
             return None
         try:
             self.client.stop_job(record.job_id)
@@ -206,6 +215,13 @@ class TrainingJobs:
         if down < self.unreachable_grace_s:
             return None
         return "failed", f"the job server was unreachable for {down:.0f} s"
+
+
+def _age_s(record: VersionRecord) -> float:
+    created = record.created_at
+    if created.tzinfo is None:  # SQLite gives naive datetimes; they were stored as UTC
+        created = created.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - created).total_seconds()
 
 
 def _has_gpus() -> bool:

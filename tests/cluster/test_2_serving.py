@@ -175,9 +175,6 @@ def test_a_stream_cut_by_the_node_loss_ends_as_an_error(node_loss):
     assert summary["streaming"]["ok"] + summary["streaming"]["cut"] > 0, summary
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the ingress does not yet retry a non-streaming generate request whose Generator replica "
-    "died before it produced text (issue 15, item 4): it answers 500"))
 def test_no_non_streaming_request_fails_when_a_generator_node_is_lost(node_loss):
     """Target: 0 failed non-streaming requests (the head's proxy and the Ingress survive)."""
     summary = node_loss["summary"]

@@ -60,3 +60,18 @@ def test_timeout_counts_from_submission_even_when_no_step_runs(tmp_path):
     time.sleep(0.3)
     assert jobs.sync_statuses() == [("slow", 1, "failed")]
     assert any("timeout_s" in line for line in registry.read_logs("slow", 1))
+
+
+def test_a_version_whose_job_was_never_submitted_fails_after_a_while(tmp_path, monkeypatch):
+    import deployments.training_jobs as training_jobs
+
+    settings = Settings.from_env(storage=str(tmp_path / "storage"),
+                                 db_url=f"sqlite:///{tmp_path}/registry.db")
+    registry = Registry(settings)
+    registry.create_version("orphan")  # queued, no job: the server died before submitting
+    registry.create_version("manual", status="training")  # a run started by hand: no job id
+    jobs = TrainingJobs(registry, settings, Limits(), f"http://127.0.0.1:{closed_port()}")
+    assert jobs.sync_statuses() == []
+    monkeypatch.setattr(training_jobs, "NEVER_SUBMITTED_AFTER_S", 0.0)
+    assert jobs.sync_statuses() == [("orphan", 1, "failed")]
+    assert registry.get_version("manual", 1).status == "training"
