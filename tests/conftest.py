@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import kill_processes_marked
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 BIN = Path(sys.executable).parent
@@ -68,24 +70,10 @@ def stop_ray(env: dict) -> None:
     """Stop this session's cluster only (`ray stop` would kill every Ray instance on the
     machine): its daemons carry the session's temp dir on their command line, and workers,
     job drivers and dashboard modules are their descendants."""
-    import psutil
     import ray
 
     ray.shutdown()
-    daemons = [p for p in psutil.process_iter(["cmdline"])
-               if any(TEMP_DIR in arg for arg in (p.info["cmdline"] or []))]
-    family = {p.pid: p for p in daemons}
-    for daemon in daemons:
-        try:
-            family.update({c.pid: c for c in daemon.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            pass
-    for process in family.values():
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(family.values()), timeout=15)
+    kill_processes_marked(TEMP_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -129,8 +117,9 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def deploy_app(ray_cluster: dict, config_path: Path, url: str) -> None:
-    """`serve deploy` the config onto the cluster and wait until the app answers."""
+def deploy_app(ray_cluster: dict, config_path: Path, url: str, timeout: float = 180) -> None:
+    """`serve deploy` the config onto the cluster (its "dashboard" address, its "env") and
+    wait until the app answers."""
     import requests
 
     subprocess.run([str(BIN / "serve"), "deploy", str(config_path), "--address",
@@ -144,7 +133,7 @@ def deploy_app(ray_cluster: dict, config_path: Path, url: str) -> None:
             return False
 
     try:
-        wait_for(healthy, 180, interval=1, what="the Serve app to answer /healthz")
+        wait_for(healthy, timeout, interval=1, what="the Serve app to answer /healthz")
     except BaseException:
         status = subprocess.run([str(BIN / "serve"), "status", "--address", ray_cluster["dashboard"]],
                                 env=ray_cluster["env"], capture_output=True, text=True).stdout

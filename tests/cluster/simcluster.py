@@ -24,6 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import deploy_app
+from tests.processes import kill_processes_marked
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 # Short: Unix socket paths of every node live below it (the kernel caps them at 107 bytes).
@@ -138,7 +141,6 @@ class SimCluster:
                  "pid": a.pid} for a in found if class_name in a.class_name]
 
     def shutdown(self) -> None:
-        import psutil
         import ray
 
         try:
@@ -153,21 +155,7 @@ class SimCluster:
         finally:
             # Leftovers (a trainer's driver, dashboard modules): only processes that carry
             # this cluster's temp dir on their command line, and their children.
-            mine = [p for p in psutil.process_iter(["cmdline"])
-                    if any(TEMP_ROOT in arg for arg in (p.info["cmdline"] or []))]
-            family = {p.pid: p for p in mine}
-            for p in mine:
-                try:
-                    family.update({c.pid: c for c in p.children(recursive=True)})
-                except psutil.NoSuchProcess:
-                    pass
-            family.pop(os.getpid(), None)
-            for p in family.values():
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(list(family.values()), timeout=15)
+            kill_processes_marked(TEMP_ROOT)
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -333,23 +321,12 @@ def cluster_serve_config(port: int, generator_replicas: int = 2,
 def deploy(cluster: SimCluster, config: dict, tmp_dir: Path, timeout: float = 240) -> str:
     """`serve deploy` the config onto the cluster (as a user does), wait for /healthz; returns
     the app's base URL."""
-    import requests
     import yaml
 
     path = Path(tmp_dir) / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    subprocess.run([str(Path(sys.executable).parent / "serve"), "deploy", str(path),
-                    "--address", cluster.dashboard], check=True, cwd=REPO, env=cluster.env,
-                   capture_output=True)
     url = f"http://127.0.0.1:{config['http_options']['port']}"
-
-    def healthy():
-        try:
-            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_until(healthy, timeout, interval=1, what="the Serve app to answer /healthz")
+    deploy_app({"dashboard": cluster.dashboard, "env": cluster.env}, path, url, timeout)
     return url
 
 

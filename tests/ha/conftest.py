@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIN, REPO, free_port, wait_for
+from tests.conftest import deploy_app as serve_deploy
+from tests.processes import kill_processes_marked, processes_marked
 
 if os.environ.get("RNNSERVE_HA_TESTS") != "1":
     collect_ignore_glob = ["test_*.py"]
@@ -58,17 +60,7 @@ def redis_server(tmp_path_factory):
 def own_ray_processes() -> dict:
     """This session's Ray processes: those whose command line carries TEMP_DIR, and their
     descendants (workers, job drivers, dashboard modules), by pid."""
-    import psutil
-
-    daemons = [p for p in psutil.process_iter(["cmdline"])
-               if any(TEMP_DIR in arg for arg in (p.info["cmdline"] or []))]
-    family = {p.pid: p for p in daemons}
-    for daemon in daemons:
-        try:
-            family.update({c.pid: c for c in daemon.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            pass
-    return family
+    return processes_marked(TEMP_DIR)
 
 
 def cpu_seconds() -> dict:
@@ -91,15 +83,7 @@ def cpu_seconds() -> dict:
 
 def kill_own_ray() -> None:
     """Kill this session's Ray processes only (`own_ray_processes`), never another's."""
-    import psutil
-
-    family = own_ray_processes()
-    for process in family.values():
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(list(family.values()), timeout=15)
+    kill_processes_marked(TEMP_DIR)
 
 
 def start_head(tmp_path_factory, redis: dict | None):
@@ -140,7 +124,6 @@ def start_head(tmp_path_factory, redis: dict | None):
 def deploy_app(head: dict, tmp_path_factory) -> str:
     """The real app from serve_config.yaml (HTTP port changed; the per-client limits lifted:
     every request of the test comes from one address) deployed onto `head`; its URL."""
-    import requests
     import yaml
 
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
@@ -150,17 +133,8 @@ def deploy_app(head: dict, tmp_path_factory) -> str:
         uploads_per_minute=6000, upload_burst=1000, inference_per_s=0)
     path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    subprocess.run([str(BIN / "serve"), "deploy", str(path), "--address", head["dashboard"]],
-                   check=True, cwd=REPO, env=head["env"], capture_output=True)
     url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(healthy, 240, interval=1, what="the Serve app to answer /healthz")
+    serve_deploy(head, path, url, timeout=240)
     return url
 
 
