@@ -190,7 +190,7 @@ class TrainingJobs:
         except RuntimeError as error:
             if "404" in str(error) or "does not exist" in str(error):
                 self._unreachable_since = None
-                return "failed", "the cluster has no such job (restarted without its state?)"
+                return "failed", "the job is gone: the cluster has no such job (restarted?)"
             return self._unreachable(job_id, error)
         except Exception as error:  # noqa: BLE001 - connection refused, timeouts
             return self._unreachable(job_id, error)
