@@ -33,6 +33,7 @@ from trainers.families import FAMILIES
 logger = logging.getLogger("ray.serve")
 PAGE = Path(__file__).with_name("web") / "index.html"
 FORM_FIELDS = ("file", "name", "kind")
+MAX_PAGE = 500  # models per page of GET /models
 
 app = FastAPI(title="rnnserve", version="0.1.0",
               description="Train character-level RNN/LSTM models on Ray and serve them.")
@@ -102,8 +103,7 @@ class Ingress:
             await asyncio.sleep(interval)
             try:
                 await asyncio.to_thread(self.jobs.sync_statuses)
-                await asyncio.to_thread(self.job_metrics.record, self.registry.list_models(),
-                                        self.registry.list_versions)
+                self.job_metrics.record(await asyncio.to_thread(self.registry.count_versions))
             except Exception:  # noqa: BLE001 - a failed poll must not end the loop
                 logger.exception("job status sync failed")
 
@@ -149,16 +149,24 @@ class Ingress:
         return JSONResponse({"name": name, "version": record.version, "job_id": record.job_id,
                              "status": record.status, "kind": kind}, status_code=202)
 
+    # Routes that only read or write the registry are plain `def`: FastAPI runs them in its
+    # thread pool, so a slow database (or SQLite waiting on a writer's lock) holds a thread,
+    # never this replica's event loop and the requests on it.
     @app.get("/models")
-    async def list_models(self) -> dict:
-        return {"models": self.registry.list_models()}
+    def list_models(self, limit: int = Query(100, ge=1, le=MAX_PAGE),
+                    cursor: str | None = Query(None, max_length=64)) -> dict:
+        """Models in name order, `limit` per page; pass `next_cursor` back for the next page
+        (null on the last)."""
+        models = self.registry.list_models(limit=limit, after=cursor)
+        return {"models": models,
+                "next_cursor": models[-1]["name"] if len(models) == limit else None}
 
     @app.get("/models/{name}")
-    async def get_model(self, name: str) -> dict:
+    def get_model(self, name: str) -> dict:
         return self.registry.get_model(validate_name(name))
 
     @app.get("/models/{name}/versions/{version}/logs")
-    async def logs(self, name: str, version: int = PathParam(..., ge=1, le=DB_INT_MAX),
+    def logs(self, name: str, version: int = PathParam(..., ge=1, le=DB_INT_MAX),
                    offset: int = Query(0, ge=0, le=DB_INT_MAX),
                    limit: int = Query(1000, ge=1, le=10_000)) -> dict:
         record = self.registry.get_version(validate_name(name), version)
@@ -167,22 +175,22 @@ class Ingress:
                 "next_offset": offset + len(lines), "lines": lines}
 
     @app.post("/models/{name}/promote")
-    async def promote(self, name: str, body: PromoteRequest, request: Request) -> dict:
+    def promote(self, name: str, body: PromoteRequest, request: Request) -> dict:
         self._authorize(request)
         self.registry.set_alias(validate_name(name), PRODUCTION, body.version)
         self.registry.append_logs(name, body.version, [f"promoted to {PRODUCTION} by request"])
         return {"name": name, PRODUCTION: body.version}
 
     @app.post("/models/{name}/versions/{version}/cancel")
-    async def cancel(self, name: str, request: Request,
-                     version: int = PathParam(..., ge=1, le=DB_INT_MAX)) -> dict:
+    def cancel(self, name: str, request: Request,
+               version: int = PathParam(..., ge=1, le=DB_INT_MAX)) -> dict:
         self._authorize(request)
         record = self.registry.get_version(validate_name(name), version)
         if record.status not in ACTIVE:
             raise ApiError(409, f"version {version} is {record.status}, not running")
         if record.job_id:
             try:
-                await asyncio.to_thread(self.jobs.stop, record.job_id)
+                self.jobs.stop(record.job_id)
             except Exception as error:  # noqa: BLE001 - the job may already be gone
                 logger.warning("stopping job %s: %s", record.job_id, error)
         self.registry.append_logs(name, version, ["cancelled by request"])
@@ -190,15 +198,15 @@ class Ingress:
         return {"name": name, "version": version, "status": "cancelled"}
 
     @app.delete("/models/{name}")
-    async def delete(self, name: str, request: Request) -> dict:
+    def delete(self, name: str, request: Request) -> dict:
         self._authorize(request)
         for record in self.registry.list_versions(validate_name(name)):
             if record.status in ACTIVE and record.job_id:
                 try:
-                    await asyncio.to_thread(self.jobs.stop, record.job_id)
+                    self.jobs.stop(record.job_id)
                 except Exception as error:  # noqa: BLE001
                     logger.warning("stopping job %s: %s", record.job_id, error)
-        await asyncio.to_thread(self.registry.delete_model, name)
+        self.registry.delete_model(name)
         return {"name": name, "deleted": True}
 
     # ---- inference ------------------------------------------------------------------------
@@ -213,7 +221,8 @@ class Ingress:
 
     @app.post("/models/{name}/generate")
     async def generate(self, name: str, body: GenerateRequest):
-        record, model_id = self._servable(name, body.version, "charrnn")
+        record, model_id = await asyncio.to_thread(self._servable, name, body.version,
+                                                   "charrnn")
         sample = sample_config(body)
         self.limits.check_sample(sample)
         handle = self.generator.options(multiplexed_model_id=model_id)
@@ -242,7 +251,8 @@ class Ingress:
                       version: int | None = Query(None, ge=1, le=DB_INT_MAX)) -> dict:
         """Body `{"data": ...}`: one example (T*F numbers, or T lists of F) or a list of them;
         a bare JSON array of T*F numbers works too. Answers probabilities and argmax labels."""
-        record, model_id = self._servable(name, version, "lstm-classifier")
+        record, model_id = await asyncio.to_thread(self._servable, name, version,
+                                                   "lstm-classifier")
         try:
             body = parse_json_body(await request.body())
         except ValueError as error:

@@ -50,11 +50,10 @@ class JobMetrics:
                                       description="model versions (training jobs) by status",
                                       tag_keys=("kind", "status"))
 
-    def record(self, models: list[dict], versions_of) -> None:
-        """Set the gauge from the registry: count of versions per (kind, status)."""
-        counts = {(kind, status): 0 for kind in {m["kind"] for m in models} for status in STATUSES}
-        for model in models:
-            for record in versions_of(model["name"]):
-                counts[(model["kind"], record.status)] += 1
-        for (kind, status), count in counts.items():
-            self.versions.set(count, tags={"kind": kind, "status": status})
+    def record(self, counts: dict[tuple[str, str], int]) -> None:
+        """Set the gauge from the registry's {(kind, status): count}; a status no version has
+        any more is set to 0, not left at its last count."""
+        for kind in {kind for kind, _ in counts}:
+            for status in STATUSES:
+                self.versions.set(counts.get((kind, status), 0),
+                                  tags={"kind": kind, "status": status})

@@ -69,24 +69,29 @@ class TrainingJobs:
             parent = parse_model_ref(params.run.init_from) if params.run.init_from else None
         except ValueError as error:
             raise ApiError(400, str(error)) from None
-        if parent:
-            self.registry.get_version(*parent)  # 404 when the model to continue is unknown
+        if parent:  # 404 when the model to continue is unknown
+            await asyncio.to_thread(self.registry.get_version, *parent)
         await self._check_resources(params, client)
         relpath = self.registry.artifacts.upload_path(name, filename)
         await asyncio.to_thread(self.registry.artifacts.put_bytes, relpath, data)
         try:
-            record = self.registry.create_version(name, family.kind, params.as_dict())
+            record = await asyncio.to_thread(self.registry.create_version, name, family.kind,
+                                             params.as_dict())
         except Exception:
-            self.registry.artifacts.delete(relpath)
+            await asyncio.to_thread(self.registry.artifacts.delete, relpath)
             raise
         try:
             job_id = await asyncio.to_thread(self._submit, family, record, relpath, params)
         except Exception as error:  # noqa: BLE001 - the version must not stay queued forever
-            self.registry.append_logs(name, record.version, [f"job submission failed: {error}"])
-            self.registry.update_version(name, record.version, status="failed")
+            await asyncio.to_thread(self._fail, record, f"job submission failed: {error}")
             raise ApiError(503, "could not submit the training job", str(error)) from None
         self._started_by[(name, record.version)] = client
-        return self.registry.update_version(name, record.version, job_id=job_id)
+        return await asyncio.to_thread(self.registry.update_version, name, record.version,
+                                       job_id=job_id)
+
+    def _fail(self, record: VersionRecord, reason: str) -> None:
+        self.registry.append_logs(record.name, record.version, [reason])
+        self.registry.update_version(record.name, record.version, status="failed")
 
     async def _check_resources(self, params: TrainingParams, client: str) -> None:
         """What one upload may make the cluster spend, checked before anything is stored."""
@@ -106,8 +111,8 @@ class TrainingJobs:
         if run.use_gpu and not limits.gpus_on_demand and not await asyncio.to_thread(_has_gpus):
             raise ApiError(400, "use_gpu: this cluster has no GPU and cannot add one "
                                 "(limits.gpus_on_demand)")
-        active = [(r.name, r.version) for m in self.registry.list_models()
-                  for r in self.registry.list_versions(m["name"]) if r.status in ACTIVE]
+        active = [(r.name, r.version)
+                  for r in await asyncio.to_thread(self.registry.versions_with_status, ACTIVE)]
         mine = [v for v in active if self._started_by.get(v) == client]
         for count, most, whose, setting in (
                 (len(mine), limits.max_training_jobs_per_client, "of yours",
@@ -142,24 +147,21 @@ class TrainingJobs:
     def sync_statuses(self) -> list[tuple[str, int, str]]:
         """Mark versions whose job ended without the trainer recording it; returns the changes."""
         changes = []
-        for model in self.registry.list_models():
-            for record in self.registry.list_versions(model["name"]):
-                if record.status not in ACTIVE:
-                    continue
-                if not record.job_id:
-                    ended = self._never_submitted(record)
-                else:
-                    ended = self._overdue(record) or self._job_end(record.job_id)
-                if ended is None:
-                    continue
-                # Re-read: the trainer may have finished between the two reads.
-                if self.registry.get_version(record.name, record.version).status not in ACTIVE:
-                    continue
-                new_status, message = ended
-                self.registry.append_logs(record.name, record.version,
-                                          [f"job {record.job_id}: {message}"])
-                self.registry.update_version(record.name, record.version, status=new_status)
-                changes.append((record.name, record.version, new_status))
+        for record in self.registry.versions_with_status(ACTIVE):
+            if not record.job_id:
+                ended = self._never_submitted(record)
+            else:
+                ended = self._overdue(record) or self._job_end(record.job_id)
+            if ended is None:
+                continue
+            # Re-read: the trainer may have finished between the two reads.
+            if self.registry.get_version(record.name, record.version).status not in ACTIVE:
+                continue
+            new_status, message = ended
+            self.registry.append_logs(record.name, record.version,
+                                      [f"job {record.job_id}: {message}"])
+            self.registry.update_version(record.name, record.version, status=new_status)
+            changes.append((record.name, record.version, new_status))
         return changes
 
     def _never_submitted(self, record: VersionRecord) -> tuple[str, str] | None:

@@ -9,6 +9,7 @@ log lines), so every write is one short transaction, and the few that allocate n
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import tempfile
@@ -73,6 +74,13 @@ def _iso(moment: datetime) -> str:
     if moment.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
         moment = moment.replace(tzinfo=UTC)
     return moment.isoformat()
+
+
+def _json(value) -> dict:
+    """A JSON column read through a scalar subquery comes back as text on some backends."""
+    if isinstance(value, str):
+        return json.loads(value)
+    return dict(value or {})
 
 
 def _now() -> datetime:
@@ -291,30 +299,60 @@ class Registry:
         return record, dest
 
     # ---- models ---------------------------------------------------------------------------
-    def list_models(self) -> list[dict]:
-        with self.engine.connect() as conn:
-            names = [row.name for row in conn.execute(
-                sa.select(schema.models.c.name).order_by(schema.models.c.name))]
-        summaries = []
-        for name in names:
-            try:
-                summaries.append(self._summary(name))
-            except NotFound:  # deleted meanwhile
-                continue
-        return summaries
+    def list_models(self, limit: int | None = None, after: str | None = None) -> list[dict]:
+        """Model summaries in name order, `limit` of them after the name `after`: one query
+        per page, whatever the number of models or versions."""
+        m, a = schema.models, schema.aliases
+        # One alias of the versions table per subquery, each correlated with the outer model
+        # row only (nested subqueries on one table would otherwise correlate with each other).
+        v_latest, v_status, v_ready, v_metrics = (schema.versions.alias() for _ in range(4))
 
-    def _summary(self, name: str) -> dict:
-        model = self.get_model(name)
-        versions = model["versions"]
-        latest = versions[-1] if versions else None
-        production = model["aliases"].get(PRODUCTION)
-        shown = next((v for v in versions if v["version"] == production), None) or next(
-            (v for v in reversed(versions) if v["status"] == "ready"), None)
-        return {"name": name, "kind": model["kind"], "created_at": model["created_at"],
-                "latest_version": latest["version"] if latest else None,
-                "status": latest["status"] if latest else None,
-                "production_version": production,
-                "metrics": shown["metrics"] if shown else {}}
+        def per_model(column, v, *conditions):
+            return (sa.select(column).where(v.c.model_id == m.c.id, *conditions)
+                    .correlate(m).scalar_subquery())
+
+        production = per_model(a.c.version, a, a.c.alias == PRODUCTION)
+        latest = per_model(sa.func.max(v_latest.c.version), v_latest)
+        latest_ready = per_model(sa.func.max(v_ready.c.version), v_ready,
+                                 v_ready.c.status == "ready")
+        # What a request naming no version is served: production, else the latest ready one.
+        served = sa.func.coalesce(production, latest_ready)
+        query = sa.select(
+            m.c.name, m.c.kind, m.c.created_at, latest.label("latest_version"),
+            per_model(v_status.c.status, v_status, v_status.c.version == latest).label("status"),
+            production.label("production_version"),
+            per_model(v_metrics.c.metrics, v_metrics, v_metrics.c.version == served)
+            .label("metrics"),
+        ).order_by(m.c.name)
+        if after is not None:
+            query = query.where(m.c.name > after)
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [{"name": row.name, "kind": row.kind, "created_at": _iso(row.created_at),
+                 "latest_version": row.latest_version, "status": row.status,
+                 "production_version": row.production_version,
+                 "metrics": _json(row.metrics)} for row in rows]
+
+    def versions_with_status(self, statuses: tuple[str, ...]) -> list[VersionRecord]:
+        """Every version (of any model) in one of `statuses`, in one query."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(schema.versions, schema.models.c.name, schema.models.c.kind)
+                .join(schema.models, schema.models.c.id == schema.versions.c.model_id)
+                .where(schema.versions.c.status.in_(statuses))
+                .order_by(schema.models.c.name, schema.versions.c.version)).all()
+        return [self._record(row, row) for row in rows]
+
+    def count_versions(self) -> dict[tuple[str, str], int]:
+        """{(kind, status): number of versions}, in one query."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(schema.models.c.kind, schema.versions.c.status, sa.func.count())
+                .join(schema.models, schema.models.c.id == schema.versions.c.model_id)
+                .group_by(schema.models.c.kind, schema.versions.c.status)).all()
+        return {(kind, status): count for kind, status, count in rows}
 
     def get_model(self, name: str) -> dict:
         with self.engine.connect() as conn:

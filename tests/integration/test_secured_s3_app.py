@@ -68,7 +68,7 @@ def test_writes_need_the_key_and_refusals_leave_nothing(secured, s3_endpoint, sh
         assert response.status_code == 401, response.text
         assert response.headers["www-authenticate"] == "Bearer"
         assert "RNNSERVE_API_KEY" in response.json()["error"]
-    assert requests.get(f"{secured}/models", timeout=10).json() == {"models": []}
+    assert requests.get(f"{secured}/models", timeout=10).json()["models"] == []
     assert bucket_keys(s3_endpoint) == []
 
     for method, path, body in (("post", "/models/guarded/promote", {"version": 1}),

@@ -211,3 +211,29 @@ def test_the_alias_moves_only_from_the_version_it_was_compared_with(registry, tm
     assert sorted(results.values()) == [False, True]
     winner = next(v for v, moved in results.items() if moved)
     assert registry.get_alias("m", "production") == winner
+
+
+def test_model_pages_summarise_each_model_and_active_versions_come_in_one_list(registry, tmp_path):
+    for name in ("cherry", "apple", "banana"):
+        registry.create_version(name)
+    registry.publish_version("apple", 1, artifacts(tmp_path), metrics={"val_loss": 2.0})
+    registry.create_version("apple")
+    registry.publish_version("apple", 2, artifacts(tmp_path), metrics={"val_loss": 1.5})
+    registry.create_version("apple")  # v3: queued, the latest
+    registry.set_alias("apple", "production", 1)
+    registry.update_version("banana", 1, status="failed")
+
+    first = registry.list_models(limit=2)
+    assert [m["name"] for m in first] == ["apple", "banana"]
+    apple = first[0]
+    # The latest version's status, and the metrics of what is served (production, v1).
+    assert (apple["latest_version"], apple["status"], apple["production_version"]) == (3, "queued", 1)
+    assert apple["metrics"] == {"val_loss": 2.0}
+    assert first[1]["status"] == "failed" and first[1]["metrics"] == {}
+    assert [m["name"] for m in registry.list_models(limit=2, after="banana")] == ["cherry"]
+    assert registry.list_models(limit=2, after="cherry") == []
+
+    active = registry.versions_with_status(("queued", "training"))
+    assert [(r.name, r.version) for r in active] == [("apple", 3), ("cherry", 1)]
+    assert registry.count_versions() == {("charrnn", "ready"): 2, ("charrnn", "queued"): 2,
+                                         ("charrnn", "failed"): 1}
