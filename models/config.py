@@ -69,6 +69,9 @@ class RunConfig:
                               0, 100)
     timeout_s: float = param(0.0, "wall-clock limit for the run in seconds; past it the run "
                              "fails (0: none)", 0, 7 * 86400)
+    start_timeout_s: float = param(600.0, "seconds the run waits for the cluster to start its "
+                                   "workers (at the start, and again after a lost worker) "
+                                   "before it fails", 1, 86400)
     max_minutes: float = param(0.0, "training time budget: stop early and register the best "
                                "checkpoint after this many minutes (0: none)", 0, 7 * 1440)
     init_from: str = param("", "NAME or NAME:VERSION of a model to continue training from")
