@@ -12,9 +12,10 @@ from collections.abc import Callable
 from models.artifacts import HISTORY_FILE, write_json
 from registry import ArtifactStore
 from trainers.loop import HISTORY, OPTIMIZER_FILE, STATE_FILE, WorkerPayload
-from trainers.training_job import Score, TrainingJob, TrainingParams
+from trainers.training_job import Score, TrainingJob, TrainingParams, UserError
 
 TRAINING_ONLY = (OPTIMIZER_FILE, STATE_FILE)  # checkpoint files a version does not need
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 
 
 def run_name(job: TrainingJob) -> str:
@@ -45,7 +46,7 @@ def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: Train
     Checkpoints go to the model's runs folder on the shared storage, so a worker that dies on
     one node resumes on another from the latest one (`FailureConfig.max_failures`).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, ControllerError, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     ensure_ray()
@@ -57,6 +58,10 @@ def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: Train
     filesystem, base = store.filesystem()
     # Ray sets each worker's OMP/TF thread count from its CPU reservation.
     resources = {"CPU": run.cpus_per_worker, **({"GPU": 1} if run.use_gpu else {})}
+    # Ray Train waits this long for a worker group's resources (its controller reads the
+    # driver's environment), then counts a controller failure; by default it would retry
+    # those forever, so a run asking for what the cluster cannot give would never end.
+    os.environ[START_TIMEOUT_ENV] = str(run.start_timeout_s)
     trainer = TensorflowTrainer(
         _run_worker,
         train_loop_config={"worker": worker, "payload": payload},
@@ -66,13 +71,20 @@ def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: Train
             name=run_name(job),
             storage_path=f"{base}/{store.runs_path(job.record.name)}",
             storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=run.max_failures),
+            failure_config=FailureConfig(max_failures=run.max_failures,
+                                         controller_failure_limit=0),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=score.name,
                 checkpoint_score_order=score.mode),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ControllerError as error:
+        # By name: Ray exports this error class only from a private module.
+        if type(error.controller_failure).__name__ != "WorkerGroupStartupTimeoutError":
+            raise
+        raise UserError(_not_scheduled(run, resources)) from error
     best = result.get_best_checkpoint(metric=score.name, mode=score.mode)
     if best is None:
         raise RuntimeError("training finished without reporting a checkpoint")
@@ -91,3 +103,12 @@ def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: Train
             else:
                 shutil.copy2(source, target)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _not_scheduled(run, resources: dict) -> str:
+    """Why a run whose workers never started failed, with what the cluster has free."""
+    import ray
+
+    free = {k: v for k, v in ray.available_resources().items() if k in resources}
+    return (f"the cluster did not start {run.num_workers} worker(s) with {resources} each "
+            f"within {run.start_timeout_s:g} s (start_timeout_s); free now: {free}")
