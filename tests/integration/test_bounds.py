@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 
+from loadtest.hostile import chunks, npy_header, npz_bomb, padded_json
 from tests.integration.api import upload, wait_status
 
 pytestmark = pytest.mark.integration
@@ -90,12 +91,11 @@ BODY_ROUTES = [f"/models/{TEXT}/generate", "/models/nobody/generate",
 @pytest.mark.parametrize("path", BODY_ROUTES)
 def test_oversize_json_bodies_are_413(ready, unchanged, path):
     # Valid JSON even when cut at the cap: the route must not run on a prefix of it.
-    padded = b'{"version": 1}' + b" " * (3 * 1024 * 1024)
+    padded = padded_json(3 * 1024 * 1024)
     declared = requests.post(f"{ready}{path}", data=padded,
                              headers={"content-type": "application/json"}, timeout=30)
     assert_error(declared, 413, "larger than 2097152 bytes")
-    chunked = requests.post(f"{ready}{path}", data=(padded[i:i + 65536]
-                                                    for i in range(0, len(padded), 65536)),
+    chunked = requests.post(f"{ready}{path}", data=chunks(padded),
                             headers={"content-type": "application/json"}, timeout=30)
     assert_error(chunked, 413, "larger than 2097152 bytes")
     assert_alive(ready)
@@ -173,33 +173,11 @@ def test_an_upload_that_trickles_is_cut_with_408(ready, unchanged):
 
 # ---- item 2: compressed uploads ------------------------------------------------------------
 
-def _npy_header(shape, descr="<f8") -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False,
-                                                  "shape": shape})
-    return buffer.getvalue()
-
-
-def _bomb(rows: int) -> bytes:
-    """x of rows x 1000 x 100 float64 zeros (800 kB a row), deflated chunk by chunk."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, header, row, count in (("x.npy", _npy_header((rows, 1000, 100)), 800_000, rows),
-                                         ("y.npy", _npy_header((rows,), "<i8"), 8, rows)):
-            info = zipfile.ZipInfo(name)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(info, "w", force_zip64=True) as member:
-                member.write(header)
-                for _ in range(count):
-                    member.write(bytes(row))
-    return buffer.getvalue()
-
-
 def _tiny_huge_shape() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("x.npy", _npy_header((10**6, 10**6, 1)))
-        archive.writestr("y.npy", _npy_header((4,), "<i8") + np.arange(4).tobytes())
+        archive.writestr("x.npy", npy_header((10**6, 10**6, 1)))
+        archive.writestr("y.npy", npy_header((4,), "<i8") + np.arange(4).tobytes())
     return buffer.getvalue()
 
 
@@ -211,7 +189,7 @@ def _corrupt() -> bytes:
 
 @pytest.mark.parametrize("case, make, message", [
     ("huge-shape", _tiny_huge_shape, "header"),  # MemoryError (a 500) before
-    ("bomb", lambda: _bomb(250), "unpack to"),  # 200 MB unpacked, ~200 kB sent
+    ("bomb", lambda: npz_bomb(250), "unpack to"),  # 200 MB unpacked, ~200 kB sent
     ("corrupt", _corrupt, "not a readable .npz"),
 ])
 def test_hostile_npz_uploads_are_400(ready, unchanged, case, make, message):
