@@ -11,7 +11,7 @@ export RNNSERVE_SHARED_DATA ?= $(SHARED)/data
 METRICS_PORT ?= 8080
 HTTP_PORT ?= 8000
 
-.PHONY: run stop test test-cluster bench-cluster test-unit lint fuzz bench bench-train bench-sampling bench-classifier bench-e2e loadtest system-deps clean
+.PHONY: run stop test test-cluster bench-cluster bench-attack test-unit lint fuzz bench bench-train bench-sampling bench-classifier bench-e2e loadtest system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,12 @@ loadtest: $(BIN)/.installed
 
 bench-e2e: $(BIN)/.installed
 	$(PY) -m loadtest.run_load --users 8,32,64 --seconds 60 --naive
+
+# Issue 13: generate latency idle and while another client sends oversized bodies and upload
+# bombs in a loop (benchmarks/results/attack.json, BENCHMARKS.md). Starts the app like loadtest.
+bench-attack: export RAY_AUTH_MODE ?= token
+bench-attack: $(BIN)/.installed
+	$(PY) -m benchmarks.bench_attack
 
 # Issue 15: a node lost in training and under serving load on a simulated cluster (the helpers
 # of test-cluster), one run: benchmarks/results/cluster.json and cluster.png (BENCHMARKS.md).
