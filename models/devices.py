@@ -9,3 +9,11 @@ def enable_gpu_memory_growth() -> None:
 
     for gpu in tf.config.list_physical_devices("GPU"):
         tf.config.experimental.set_memory_growth(gpu, True)
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU in this process (in a Ray replica: the GPUs Ray gave it,
+    through CUDA_VISIBLE_DEVICES)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
