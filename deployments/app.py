@@ -17,6 +17,7 @@ from deployments.generator import Generator
 from deployments.ingress import Ingress
 from deployments.limits import Limits
 from models.config import parse_config
+from models.runner_choice import RunnerSetting
 
 
 class AppArgs(BaseModel):
@@ -31,6 +32,8 @@ class AppArgs(BaseModel):
                                         "replica keeps loaded (LRU)")
     max_batch: int = Field(64, ge=1, description="sequences sampled together per step")
     max_waiting: int = Field(512, ge=0, description="queued requests per model before 503")
+    runner: RunnerSetting = Field("auto", description="Generator step runner: tensorflow where "
+                                  "the replica sees a GPU, numpy otherwise (auto), or as set")
     classifier_max_batch: int = Field(64, ge=1, description="examples per classifier batch")
     classifier_batch_wait_s: float = Field(0.005, ge=0, description="wait to fill a batch")
     job_server_grace_s: float = Field(600, ge=0, description="how long the job server may be "
@@ -44,7 +47,7 @@ def build_app(args: AppArgs):
     generator = Generator.bind(
         settings=settings, max_models_per_replica=args.max_models_per_replica,
         max_batch=args.max_batch, max_waiting=args.max_waiting,
-        generation_timeout_s=limits.generation_timeout_s)
+        generation_timeout_s=limits.generation_timeout_s, runner=args.runner)
     classifier = Classifier.bind(
         settings=settings, max_models_per_replica=args.max_models_per_replica,
         max_batch_size=args.classifier_max_batch,

@@ -26,3 +26,12 @@ def test_serve_config_is_valid(name):
     assert generator.autoscaling_config["min_replicas"] >= 1
     gpus = generator.ray_actor_options.num_gpus or 0
     assert (gpus > 0) == name.endswith("gpu.yaml")
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.gpu.yaml"])
+def test_a_generator_replica_is_sent_enough_requests_to_fill_its_batch(name):
+    app = ServeDeploySchema.model_validate(yaml.safe_load((REPO / name).read_text())).applications[0]
+    args = AppArgs.model_validate(app.args)
+    generator = next(d for d in app.deployments if d.name == "Generator")
+    assert generator.max_ongoing_requests >= args.max_batch
+    assert generator.autoscaling_config["target_ongoing_requests"] <= args.max_batch
