@@ -35,10 +35,19 @@ from trainers.training_job import (
 KIND = "charrnn"
 
 
+def per_example_loss(y, logits):
+    """Mean cross-entropy over each example's characters, [batch]. float32 under mixed
+    precision too: the logits layer computes in float32 (models/charrnn.py)."""
+    import keras
+    import tensorflow as tf
+
+    losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+    return tf.reduce_mean(losses, axis=-1)
+
+
 def charrnn_worker(payload: WorkerPayload) -> None:
     """Ray Train worker: build the task for the shared loop and run it."""
     import keras
-    import tensorflow as tf
 
     from models.charrnn import build_charrnn
     from trainers.charrnn_data import train_batches, validation_loss
@@ -57,10 +66,6 @@ def charrnn_worker(payload: WorkerPayload) -> None:
                     f.write(payload.init_weights)
                 model.load_weights(path)
         return model
-
-    def per_example_loss(y, logits):
-        losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        return tf.reduce_mean(losses, axis=-1)
 
     run_training_loop(LoopTask(
         payload=payload,

@@ -36,24 +36,3 @@ def test_reset_clears_only_that_slot():
     runner.reset(0)
     assert not runner.state[0][0][0].any() and runner.state[0][0][1].any()
 
-
-def test_mixed_precision_model_keeps_float32_logits_and_serves():
-    """--mixed_precision (a GPU option, exercised here on the CPU): float16 layers, float32
-    logits, and the serving runner still reproduces the model."""
-    import keras
-
-    config = CharRNNConfig(vocab_size=12, lstm_size=8, num_layers=1)
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = build_charrnn(config)
-        ids = np.array([[1, 2, 3]], np.int32)
-        logits = model(ids, training=False)
-        assert model.get_layer("rnn_0").compute_dtype == "float16"
-        assert logits.dtype.name == "float32"
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    runner = StepRunner.from_model(model, config)
-    runner.allocate(1)
-    for t in range(3):
-        step = runner.step(np.array([0]), ids[:, t])
-    np.testing.assert_allclose(step, np.asarray(logits)[:, -1], atol=2e-2)
