@@ -3,34 +3,38 @@ oversized JSON bodies (declared and chunked), upload bombs and oversized uploads
 
     python -m benchmarks.bench_attack        # make bench-attack
 
-Starts the app as `make loadtest` does when none answers on --host, with the upload rate limit
-off too, so every attack request is read and refused by its size check rather than by the
-cheaper 429. Prints the p50/p95 of a 50-character generate, idle and under attack, and their
-ratio (target: p50 within 2x of idle); writes benchmarks/results/attack.json.
+Starts the app when none answers on --host (as `make loadtest` does), with serve_config.yaml's
+per-client limits (`--limits off`: none, so every attack request is read and refused by its
+size check rather than by the cheaper 429). The attackers are separate processes from another
+address (127.0.0.2). Prints the p50/p95 of a 50-character generate, idle and under attack, and
+their ratio (target: p50 within 2x of idle); writes benchmarks/results/attack-limits-*.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
-import threading
 import time
 from collections import Counter
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from benchmarks import RESULTS
 from loadtest.hostile import chunks, npz_bomb, padded_json
-from loadtest.run_load import ensure_app, ensure_model
+from loadtest.run_load import LOAD_LIMITS, ensure_app, ensure_model
 
 BODY_CAP = 2 * 1024 * 1024  # serve_config.yaml's limits.max_body_bytes
 UPLOAD_CAP = 10 * 1024 * 1024  # ...and max_upload_bytes
+KINDS = ("declared body", "chunked body", "npz bomb", "oversized upload")
 
 
-def latencies(url: str, model: str, count: int) -> list[float]:
-    """Seconds per sequential 50-character generate; raises on any non-200."""
+def latencies(url: str, model: str, count: int, per_s: float = 20) -> list[float]:
+    """Seconds per 50-character generate, sent one at a time at most `per_s` a second (a user
+    within the shipped rate limit of 50/s); raises on any non-200."""
     seconds = []
     for seed in range(count):
         started = time.perf_counter()
@@ -38,41 +42,52 @@ def latencies(url: str, model: str, count: int) -> list[float]:
                                  json={"max_length": 50, "seed": seed}, timeout=30)
         response.raise_for_status()
         seconds.append(time.perf_counter() - started)
+        time.sleep(max(0.0, 1 / per_s - seconds[-1]))
     return seconds
 
 
-class Attacker(threading.Thread):
-    """Sends one kind of hostile request in a loop until stopped; counts the answers."""
+class FromAddress(HTTPAdapter):
+    """Connections from another loopback address: to the app, another client."""
 
-    def __init__(self, url: str, model: str, kind: str):
-        super().__init__(daemon=True)
-        self.url, self.model, self.kind = url, model, kind
-        self.answers: Counter[int] = Counter()
-        self.stop = threading.Event()
-        self.bomb = npz_bomb(250)  # 200 MB unpacked
-        self.body = padded_json(3 * BODY_CAP)
-        self.too_big_upload = b"a" * (UPLOAD_CAP + 1024 * 1024)
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__()
 
-    def send(self) -> requests.Response:
-        generate = f"{self.url}/models/{self.model}/generate"
-        json_type = {"content-type": "application/json"}
-        if self.kind == "declared body":
-            return requests.post(generate, data=self.body, headers=json_type, timeout=30)
-        if self.kind == "chunked body":
-            return requests.post(generate, data=chunks(self.body), headers=json_type, timeout=30)
-        if self.kind == "npz bomb":
-            return requests.post(f"{self.url}/models", files={"file": ("x.npz", self.bomb)},
-                                 data={"name": "attack-bomb", "kind": "lstm-classifier"},
-                                 timeout=30)
-        return requests.post(f"{self.url}/models", files={"file": ("x.txt", self.too_big_upload)},
-                             data={"name": "attack-upload"}, timeout=30)
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                self.answers[self.send().status_code] += 1
-            except requests.RequestException:
-                self.answers[0] += 1  # the server hung up mid-body (after answering 413)
+
+def hostile_request(session: requests.Session, url: str, model: str, kind: str,
+                    payload: bytes) -> requests.Response:
+    generate = f"{url}/models/{model}/generate"
+    json_type = {"content-type": "application/json"}
+    if kind == "declared body":
+        return session.post(generate, data=payload, headers=json_type, timeout=30)
+    if kind == "chunked body":
+        return session.post(generate, data=chunks(payload), headers=json_type, timeout=30)
+    name, upload_kind = ("attack-bomb", "lstm-classifier") if kind == "npz bomb" else (
+        "attack-upload", "charrnn")
+    return session.post(f"{url}/models", files={"file": ("x", payload)},
+                        data={"name": name, "kind": upload_kind}, timeout=30)
+
+
+def attack(url: str, model: str, kind: str, stop, answers) -> None:
+    """One attacker process: `kind` in a loop from 127.0.0.2 until `stop`; its answers (status
+    counts, 0 for a connection the server cut after answering) go to `answers`. A process of
+    its own, so its work does not share the measuring client's interpreter lock."""
+    payload = {"declared body": padded_json(3 * BODY_CAP), "chunked body": padded_json(3 * BODY_CAP),
+               "npz bomb": npz_bomb(250),  # 200 MB unpacked
+               "oversized upload": b"a" * (UPLOAD_CAP + 1024 * 1024)}[kind]
+    session = requests.Session()
+    session.mount("http://", FromAddress("127.0.0.2"))
+    counts: Counter[int] = Counter()
+    while not stop.is_set():
+        try:
+            counts[hostile_request(session, url, model, kind, payload).status_code] += 1
+        except requests.RequestException:
+            counts[0] += 1
+    answers.put((kind, dict(counts)))
 
 
 def summary(seconds: list[float]) -> dict:
@@ -85,22 +100,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="http://127.0.0.1:8000")
     parser.add_argument("--requests", type=int, default=200, help="generates per phase")
+    parser.add_argument("--limits", choices=("shipped", "off"), default="shipped",
+                        help="the per-client rate limits of serve_config.yaml, or none")
     args = parser.parse_args(argv)
-    ensure_app(args.host, uploads_per_minute=0)
+    # The measuring client is one well-behaved user; the shipped per-client limits stay on
+    # unless --limits off, where every attack request is read and refused by its size check.
+    ensure_app(args.host, {} if args.limits == "shipped" else {
+        **LOAD_LIMITS, "uploads_per_minute": 0})
     model = ensure_model(args.host)
     latencies(args.host, model, 20)  # warm: the model loaded, connections open
     idle = summary(latencies(args.host, model, args.requests))
-    attackers = [Attacker(args.host, model, kind) for kind in
-                 ("declared body", "chunked body", "npz bomb", "oversized upload")]
+    context = multiprocessing.get_context("spawn")
+    stop, queue = context.Event(), context.Queue()
+    attackers = [context.Process(target=attack, args=(args.host, model, kind, stop, queue))
+                 for kind in KINDS]
     for attacker in attackers:
         attacker.start()
-    time.sleep(2)
+    time.sleep(3)
     attacked = summary(latencies(args.host, model, args.requests))
+    stop.set()
+    answers = dict(queue.get(timeout=60) for _ in attackers)
     for attacker in attackers:
-        attacker.stop.set()
-    for attacker in attackers:
-        attacker.join(60)
-    answers = {a.kind: dict(a.answers) for a in attackers}
+        attacker.join(30)
     ratio = attacked["p50_ms"] / idle["p50_ms"]
     print(f"generate 50 chars, idle:         p50 {idle['p50_ms']} ms, p95 {idle['p95_ms']} ms")
     print(f"generate 50 chars, under attack: p50 {attacked['p50_ms']} ms, "
@@ -108,8 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     for kind, counts in answers.items():
         print(f"  attack {kind}: answers {counts}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "attack.json").write_text(json.dumps(
-        {"machine": f"{os.cpu_count()} cores", "model": model, "idle": idle,
+    (RESULTS / f"attack-limits-{args.limits}.json").write_text(json.dumps(
+        {"machine": f"{os.cpu_count()} cores", "model": model, "limits": args.limits,
+         "idle": idle,
          "under_attack": attacked, "p50_ratio": round(ratio, 3), "attacks": answers}, indent=2))
     if any(status >= 500 for counts in answers.values() for status in counts):
         raise SystemExit("an attack request got a 5xx")

@@ -31,14 +31,17 @@ SEED_MODEL = "loadtest-bard"
 LENGTH = 200  # characters per generate request (RNNSERVE_LOAD_LENGTH for the locustfile)
 
 
-def load_config(**limits) -> Path:
-    """serve_config.yaml with the per-client inference limits off (every simulated user comes
-    from this one address, so they would turn the load test into a 429 test) and `limits`."""
+# Every simulated user comes from this one address: the per-client inference limits would
+# turn the load test into a 429 test.
+LOAD_LIMITS = {"inference_per_s": 0, "max_in_flight_per_client": 0}
+
+
+def load_config(limits: dict) -> Path:
+    """serve_config.yaml with `limits` changed."""
     import yaml
 
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    config["applications"][0]["args"]["limits"].update(
-        inference_per_s=0, max_in_flight_per_client=0, **limits)
+    config["applications"][0]["args"]["limits"].update(limits)
     REPORTS.mkdir(parents=True, exist_ok=True)
     path = REPORTS / "serve_config.load.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -52,8 +55,8 @@ def healthy(url: str) -> bool:
         return False
 
 
-def ensure_app(url: str, **limits) -> None:
-    """The app at `url`, or a local head with the app deployed (`load_config(**limits)`)."""
+def ensure_app(url: str, limits: dict = LOAD_LIMITS) -> None:
+    """The app at `url`, or a local head with the app deployed with `limits` changed."""
     # Ray 2.60 turns token auth on for a head started where ~/.ray/auth_token exists (any
     # earlier local ray.init() writes one), but the `serve` CLI sends the token only in token
     # mode; saying so explicitly makes the head and every client here agree either way.
@@ -66,7 +69,7 @@ def ensure_app(url: str, **limits) -> None:
     subprocess.run([str(BIN / "ray"), "start", "--head", "--disable-usage-stats",
                     "--dashboard-host", "127.0.0.1", "--metrics-export-port", "8080"],
                    cwd=REPO, capture_output=True)
-    subprocess.run([str(BIN / "serve"), "deploy", str(load_config(**limits))], cwd=REPO,
+    subprocess.run([str(BIN / "serve"), "deploy", str(load_config(limits))], cwd=REPO,
                    check=True)
     for _ in range(180):
         if healthy(url):

@@ -6,12 +6,16 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from sqlalchemy.engine import make_url
+
 # The environment variables a process reads its settings from (a job's driver is handed them).
 STORAGE_ENV = "RNNSERVE_STORAGE"
 DB_URL_ENV = "RNNSERVE_DB_URL"
 API_KEY_ENV = "RNNSERVE_API_KEY"
 S3_ENDPOINT_ENV = "RNNSERVE_S3_ENDPOINT"
-S3_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+# The database password, when the URL has none: each node's own environment holds it (see
+# cluster.yaml), so it never travels in a job's submission, which the dashboard shows anyone.
+DB_PASSWORD_ENV = "RNNSERVE_DB_PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,8 @@ class Settings:
                       else f"sqlite:///{os.path.abspath('registry.db')}")
         return cls(
             storage=storage,
-            db_url=overrides.get("db_url") or env.get(DB_URL_ENV) or default_db,
+            db_url=_fill_password(overrides.get("db_url") or env.get(DB_URL_ENV) or default_db,
+                                  env.get(DB_PASSWORD_ENV)),
             api_key=overrides.get("api_key") or env.get(API_KEY_ENV) or None,
             s3_endpoint=(overrides.get("s3_endpoint") or env.get(S3_ENDPOINT_ENV)
                          or env.get("AWS_ENDPOINT_URL") or None),
@@ -56,10 +61,26 @@ class Settings:
                                     (S3_ENDPOINT_ENV, self.s3_endpoint))}
 
     def to_env(self) -> dict[str, str]:
-        """What another process (a training job) needs in its environment to reach the same
-        registry and storage: these settings, and S3 credentials this process holds."""
-        env = {STORAGE_ENV: self.storage, DB_URL_ENV: self.db_url}
+        """What a training job needs in its environment to reach the same registry and storage,
+        secrets left out: a job's environment is shown in the dashboard's job list. The job
+        takes the database password and S3 credentials from its node, as this process does
+        (RNNSERVE_DB_PASSWORD; AWS_* or the instance profile)."""
+        env = {STORAGE_ENV: self.storage, DB_URL_ENV: _without_password(self.db_url)}
         if self.s3_endpoint:
             env[S3_ENDPOINT_ENV] = self.s3_endpoint
-        env.update({key: os.environ[key] for key in S3_CREDENTIAL_ENV if os.environ.get(key)})
         return env
+
+
+def _fill_password(url: str, password: str | None) -> str:
+    """`url` with `password` filled in when it has none of its own."""
+    parsed = make_url(url)
+    if not password or parsed.password or not parsed.username:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def _without_password(url: str) -> str:
+    parsed = make_url(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(password=None).render_as_string(hide_password=False)

@@ -22,6 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RNNSERVE_SHARED_DATA", REPO.parent / "shared" / "data"))
 BIN = Path(sys.executable).parent
 TEMP_DIR = f"/tmp/rnnserve-test-{os.getpid()}"  # this session's Ray cluster files
+# Credentials for moto's S3 (any are accepted), distinctive so a test can look for leaks. The
+# session cluster's nodes have them in their environment, as cluster.yaml's nodes have theirs.
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "rnnserve-test-key-id",
+                  "AWS_SECRET_ACCESS_KEY": "rnnserve-test-secret-never-in-job-lists",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def free_port() -> int:
@@ -88,6 +93,7 @@ def ray_cluster(session_storage):
     env = {**os.environ, "RNNSERVE_STORAGE": str(session_storage),
            "RNNSERVE_DB_URL": f"sqlite:///{session_storage}/registry.db",
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+           **S3_CREDENTIALS,
            # Loopback-only test cluster: Ray's token auth would need a shared token file.
            "RAY_AUTH_MODE": "disabled"}
     os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL", "RAY_AUTH_MODE")})
@@ -170,12 +176,11 @@ def serve_app(ray_cluster, tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server on loopback with a bucket `models`: it stands in for AWS S3, which
-    this machine cannot reach. Dummy credentials go into the environment."""
+    this machine cannot reach. Its credentials go into this process's environment too."""
     import boto3
     from moto.server import ThreadedMotoServer
 
-    os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    os.environ.update(S3_CREDENTIALS)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()

@@ -8,14 +8,14 @@ One app covers both settings to keep the suite to one extra set of replicas."""
 from __future__ import annotations
 
 import copy
-import os
+import json
 
 import boto3
 import pytest
 import requests
 import yaml
 
-from tests.conftest import deploy_app
+from tests.conftest import S3_CREDENTIALS, deploy_app
 from tests.integration.api import generate, upload, wait_status
 
 pytestmark = pytest.mark.integration
@@ -24,20 +24,24 @@ KEY = "s3cret-key-for-tests"
 PREFIX = "/secured"
 
 
+DB_PASSWORD = "db-password-never-in-job-lists"
+
+
 @pytest.fixture(scope="module")
-def secured(serve_app, ray_cluster, s3_endpoint, tmp_path_factory):
+def secured(serve_app, ray_cluster, s3_endpoint, db_servers, tmp_path_factory):
     """Deploys the session's config plus the `secured` app; on exit, the session's config
     alone again (`serve deploy` is declarative: an app left out of the config is removed)."""
     session_config = ray_cluster["serve_config"]
     config = yaml.safe_load(session_config.read_text())
     app = copy.deepcopy(config["applications"][0])
     app.update(name="secured", route_prefix=PREFIX)
-    app["args"].update(storage="s3://models/secured", s3_endpoint=s3_endpoint,
-                       db_url=f"sqlite:///{tmp_path_factory.mktemp('secured')}/registry.db")
-    # Replicas (and the training jobs they submit) get the key and the S3 credentials.
-    app["runtime_env"] = {"env_vars": {"RNNSERVE_API_KEY": KEY, **{
-        k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                   "AWS_DEFAULT_REGION")}}}
+    # PostgreSQL with a password in the URL (this test server trusts any: the point is where
+    # the password goes, not whether it is checked).
+    db_url = db_servers("postgresql").new_database().replace("postgres@", f"postgres:{DB_PASSWORD}@")
+    app["args"].update(storage="s3://models/secured", s3_endpoint=s3_endpoint, db_url=db_url)
+    # Replicas get the key; S3 credentials come from the nodes' environment (the session
+    # cluster's, as cluster.yaml gives each node its own).
+    app["runtime_env"] = {"env_vars": {"RNNSERVE_API_KEY": KEY}}
     for deployment in app["deployments"]:  # one small replica each on this 2-core machine
         deployment.pop("autoscaling_config", None)
         deployment.update(num_replicas=1, ray_actor_options={"num_cpus": 0.1})
@@ -105,3 +109,20 @@ def test_train_register_and_serve_from_s3_with_the_key(secured, s3_endpoint, sha
     deleted = requests.delete(f"{secured}/models/clouded", headers=auth, timeout=30)
     assert deleted.status_code == 200, deleted.text
     assert not any(k.startswith("secured/models/clouded/") for k in bucket_keys(s3_endpoint))
+
+
+def test_job_submissions_show_no_secret(secured, ray_cluster, shakespeare):
+    """The dashboard's job list shows every job's entrypoint and environment to whoever can
+    read it: the training job got to S3 and the database without either carrying a secret."""
+    from ray.job_submission import JobSubmissionClient
+
+    auth = {"Authorization": f"Bearer {KEY}"}
+    response = upload(secured, "listed", shakespeare[:30_000], headers=auth, max_steps="20")
+    assert response.status_code == 202, response.text
+    assert wait_status(secured, "listed", response.json()["version"],
+                       {"ready", "failed"})["status"] == "ready"
+    jobs = JobSubmissionClient(ray_cluster["dashboard"]).list_jobs()
+    listed = json.dumps([job.dict() for job in jobs], default=str)
+    assert response.json()["job_id"] in listed
+    for secret in (DB_PASSWORD, S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], KEY):
+        assert secret not in listed

@@ -22,7 +22,8 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     assert "export RAY_AUTH_MODE=token" in setup
     for start in (prepared["head_start_ray_commands"], prepared["worker_start_ray_commands"]):
         assert "RAY_AUTH_TOKEN" in "\n".join(start)
-    assert "RAY_AUTH_TOKEN=" not in setup
+        assert "RNNSERVE_DB_PASSWORD" in "\n".join(start)  # from the node, not the job
+    assert "RAY_AUTH_TOKEN=" not in setup and "RNNSERVE_DB_PASSWORD=" not in setup
 
 
 def test_the_validator_would_catch_a_broken_config():
