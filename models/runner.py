@@ -23,7 +23,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 class StepRunner:
     name = "numpy"
-    device = "cpu"
+    device = "CPU"  # the host: NumPy computes where the replica process runs
 
     def __init__(self, weights: StepWeights):
         self.weights = weights

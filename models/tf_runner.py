@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.config import CharRNNConfig
+from models.devices import use_full_float32_matmuls
 from models.step_cells import StepWeights, cell_update
 
 
@@ -45,6 +46,7 @@ class TFStepRunner:
         XLA's at batch 8-64 (BENCHMARKS.md, Sampling)."""
         import tensorflow as tf
 
+        use_full_float32_matmuls()  # the same text for a seed on a GPU replica as on a CPU one
         self.weights = weights
 
         def constant(array, name):  # non-trainable: serving never updates them
