@@ -6,9 +6,12 @@ For the 2x512 LSTM (tinyshakespeare vocabulary) and the reference's default 2x12
 in one run on this machine: (a) the FLOP ceiling, measured matmul GFLOP/s divided by the
 model's FLOPs per character; (b) the baseline, 64 requests served one at a time, each sampling
 its own sequence with a compiled (tf.function) batch-1 step, no cross-request batching;
-(c) the engine with 1..256 concurrent streams; and the cold start of a model no replica holds.
+(c) the engine with 1..256 concurrent streams, once with each step runner (NumPy, and
+TensorFlow on whatever device TensorFlow picks: on a CPU-only machine this shows the TF
+runner's per-step overhead); and the cold start of a model no replica holds, per runner.
 Weights are random: speed does not depend on their values. Writes
-benchmarks/results/sampling.json and benchmarks/results/sampling.png.
+benchmarks/results/sampling.json (with the device each runner ran on) and
+benchmarks/results/sampling.png.
 """
 
 from __future__ import annotations
@@ -26,9 +29,42 @@ from benchmarks import RESULTS, SHARED_DATA
 from benchmarks.baseline import PerRequestSampler
 from models.charrnn import build_charrnn
 from models.config import CharRNNConfig, SampleConfig
-from models.runner import StepRunner
+from models.devices import gpu_visible
+from models.runner_choice import build_runner
+from models.tf_runner import TFStepRunner
 from models.vocab import Vocab
 from sampling import SamplingEngine
+
+
+class HostOnlyRunner:
+    """A runner that returns the same logits at once: what is left is the engine's host-side
+    work per step (scheduling, sampling, delivering text), the ceiling any device runner stays
+    under, however fast its step."""
+
+    name, device = "none (constant logits)", "none"
+
+    def __init__(self, vocab_size: int):
+        self.logits = np.random.default_rng(0).normal(size=vocab_size).astype(np.float32)
+
+    def allocate(self, slots: int) -> None:
+        pass
+
+    def reset(self, slot: int) -> None:
+        pass
+
+    def step(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.logits, (len(slots), len(self.logits)))
+
+
+def runner_variants(model, config: CharRNNConfig) -> dict:
+    """label -> runner factory: NumPy, TensorFlow as a replica would run it on this device,
+    and TensorFlow with XLA the other way (on a CPU XLA is off by default; measured here)."""
+    served = build_runner(model, config, "tensorflow")
+    other = not served.jit_compile
+    return {"numpy": lambda m: build_runner(m, config, "numpy"),
+            "tensorflow": lambda m: build_runner(m, config, "tensorflow"),
+            f"tensorflow, XLA {'on' if other else 'off'}":
+                lambda m: TFStepRunner.from_model(m, config, jit_compile=other)}
 
 
 def matmul_gflops(batch: int, units: int, seconds: float = 2.0) -> float:
@@ -55,7 +91,7 @@ def baseline_chars_per_s(model, config: CharRNNConfig, requests: int, length: in
     return requests * length / (time.perf_counter() - started)
 
 
-def engine_chars_per_s(runner: StepRunner, vocab: Vocab, streams: int, length: int) -> float:
+def engine_chars_per_s(runner, vocab: Vocab, streams: int, length: int) -> float:
     async def main():
         engine = SamplingEngine(runner, vocab, max_batch=max(64, streams), max_waiting=4096)
         loop = asyncio.create_task(engine.run())
@@ -71,8 +107,9 @@ def engine_chars_per_s(runner: StepRunner, vocab: Vocab, streams: int, length: i
     return asyncio.run(main())
 
 
-def cold_start_seconds(model, config: CharRNNConfig, vocab: Vocab) -> float:
-    """Saved weights -> rebuilt model -> runner -> first character of a request."""
+def cold_start_seconds(model, config: CharRNNConfig, vocab: Vocab, make_runner) -> float:
+    """Saved weights -> rebuilt model -> runner (the TF one compiles its step for every batch
+    bucket up to 64) -> first character of a request."""
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model.weights.h5")
         model.save_weights(path)
@@ -81,7 +118,7 @@ def cold_start_seconds(model, config: CharRNNConfig, vocab: Vocab) -> float:
             started = time.perf_counter()
             fresh = build_charrnn(config)
             fresh.load_weights(path)
-            engine = SamplingEngine(StepRunner.from_model(fresh, config), vocab, max_batch=64)
+            engine = SamplingEngine(make_runner(fresh), vocab, max_batch=64)
             loop = asyncio.create_task(engine.run())
             handle = engine.submit(SampleConfig(prime="ROMEO:", max_length=1))
             await handle.result()
@@ -95,19 +132,22 @@ def cold_start_seconds(model, config: CharRNNConfig, vocab: Vocab) -> float:
 def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[int],
                 baseline: bool, quick: bool) -> dict:
     model = build_charrnn(config)
-    runner = StepRunner.from_model(model, config)
-    flops = runner.flops_per_char()
+    flops = build_runner(model, config, "numpy").flops_per_char()
     gflops = matmul_gflops(64, config.lstm_size)
     ceiling = gflops * 1e9 / flops
     result = {"model": label, "params": model.count_params(), "flops_per_char": flops,
-              "matmul_gflops": gflops, "ceiling_chars_per_s": ceiling, "engine": {}}
+              "matmul_gflops": gflops, "ceiling_chars_per_s": ceiling, "runners": {}}
     length = 200 if quick else 400
-    for n in streams:
-        result["engine"][n] = engine_chars_per_s(runner, vocab, n, 2000 if n == 1 else length)
+    for label, make_runner in runner_variants(model, config).items():
+        runner = make_runner(model)
+        result["runners"][label] = {
+            "device": runner.device, "jit_compile": getattr(runner, "jit_compile", None),
+            "engine": {n: engine_chars_per_s(runner, vocab, n, 2000 if n == 1 else length)
+                       for n in streams},
+            "cold_start_first_char_s": cold_start_seconds(model, config, vocab, make_runner)}
     if baseline:
         result["baseline_64_requests_chars_per_s"] = baseline_chars_per_s(
             model, config, 16 if quick else 64, 50 if quick else 100)
-    result["cold_start_first_char_s"] = cold_start_seconds(model, config, vocab)
     return result
 
 
@@ -118,11 +158,14 @@ def report(result: dict) -> None:
     base = result.get("baseline_64_requests_chars_per_s")
     if base:
         print(f"  baseline (64 requests, one at a time, compiled batch-1 step): {base:,.0f} chars/s")
-    for n, rate in result["engine"].items():
-        extra = f", {rate / base:.1f}x baseline" if base else ""
-        print(f"  engine {n:>3} streams: {rate:>9,.0f} chars/s "
-              f"({rate / result['ceiling_chars_per_s']:.0%} of ceiling{extra})")
-    print(f"  cold start to first char: {result['cold_start_first_char_s'] * 1000:.0f} ms")
+    for setting, run in result["runners"].items():
+        xla = "" if run["jit_compile"] is None else f", XLA {'on' if run['jit_compile'] else 'off'}"
+        print(f"  {setting.split(',')[0]} runner on {run['device']}{xla}:")
+        for n, rate in run["engine"].items():
+            extra = f", {rate / base:.1f}x baseline" if base else ""
+            print(f"    engine {n:>3} streams: {rate:>9,.0f} chars/s "
+                  f"({rate / result['ceiling_chars_per_s']:.0%} of ceiling{extra})")
+        print(f"    cold start to first char: {run['cold_start_first_char_s'] * 1000:.0f} ms")
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -133,8 +176,10 @@ def plot(results: list[dict], path: Path) -> None:
 
     figure, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4))
     for ax, result in zip(np.atleast_1d(axes), results, strict=True):
-        streams = [int(n) for n in result["engine"]]
-        ax.plot(streams, list(result["engine"].values()), "o-", label="engine")
+        for setting, run in result["runners"].items():
+            streams = [int(n) for n in run["engine"]]
+            ax.plot(streams, list(run["engine"].values()), "o-",
+                    label=f"engine, {setting} runner ({run['device']})")
         ax.axhline(result["ceiling_chars_per_s"], color="gray", ls="--", label="FLOP ceiling")
         if result.get("baseline_64_requests_chars_per_s"):
             ax.axhline(result["baseline_64_requests_chars_per_s"], color="red", ls=":",
@@ -164,11 +209,17 @@ def main(argv: list[str] | None = None) -> None:
         bench_model("2x128 LSTM one-hot (reference default)", reference_default, vocab, [1, 64],
                     baseline=True, quick=args.quick),
     ]
+    host_ceiling = {n: engine_chars_per_s(HostOnlyRunner(vocab.size), vocab, n, 200)
+                    for n in (64, 256, 1024)}
     for result in results:
         report(result)
+    print("\nengine with a runner that costs nothing (host-side ceiling of any runner): "
+          + ", ".join(f"{n} streams {rate:,.0f} chars/s" for n, rate in host_ceiling.items()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sampling.json").write_text(json.dumps(
-        {"machine": f"{os.cpu_count()} cores", "results": results}, indent=2))
+        {"machine": f"{os.cpu_count()} cores, {'a' if gpu_visible() else 'no'} GPU visible to "
+                    "TensorFlow", "results": results,
+         "engine_host_ceiling_chars_per_s": host_ceiling}, indent=2))
     plot(results, RESULTS / "sampling.png")
     print(f"\nwrote {RESULTS / 'sampling.json'} and sampling.png")
 
