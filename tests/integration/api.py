@@ -40,3 +40,25 @@ def metric_total(metrics_url: str, name: str, **labels: str) -> float:
         if line.startswith(f"ray_{name}{{") and all(label in line for label in wanted):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+DIGITS_TEXT = "".join(f"{n * n % 1000:03d} " for n in range(5000))  # digits and spaces only
+
+
+def recreate_and_generate(url: str, name: str, first_text: str,
+                          headers: dict | None = None) -> tuple[str, str]:
+    """Train `name` on `first_text` and generate from it (a replica now holds those weights),
+    delete it, train it again (version 1 again) on DIGITS_TEXT and generate: returns both
+    generations."""
+    texts = []
+    for text, prime in ((first_text, "A"), (DIGITS_TEXT, "1")):
+        response = upload(url, name, text, headers=headers)
+        assert response.status_code == 202, response.text
+        assert response.json()["version"] == 1
+        wait_status(url, name, 1, {"ready"})
+        generated = generate(url, name, prime=prime, max_length=200, seed=3)
+        assert generated.status_code == 200, generated.text
+        texts.append(generated.json()["generated"])
+        if len(texts) == 1:
+            assert requests.delete(f"{url}/models/{name}", headers=headers, timeout=30).ok
+    return texts[0], texts[1]

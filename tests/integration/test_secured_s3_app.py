@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from tests.conftest import S3_CREDENTIALS, deploy_app
-from tests.integration.api import generate, upload, wait_status
+from tests.integration.api import generate, recreate_and_generate, upload, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +126,12 @@ def test_job_submissions_show_no_secret(secured, ray_cluster, shakespeare):
     assert response.json()["job_id"] in listed
     for secret in (DB_PASSWORD, S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], KEY):
         assert secret not in listed
+
+
+def test_a_recreated_model_is_served_with_its_new_weights_from_s3(secured, shakespeare):
+    """As tests/integration/test_model_lifecycle.py, with the artifacts in the bucket: the
+    replica's local copy of the old weights is not what it serves after the re-creation."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    before, after = recreate_and_generate(secured, "phoenix-s3", shakespeare[:20_000], auth)
+    assert not set(before) <= set("0123456789 "), before
+    assert len(after) == 200 and set(after) <= set("0123456789 "), after
