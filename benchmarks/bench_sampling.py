@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (for smoke tests)")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]  # the machine is shared: how busy it was, for the record
     text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
     vocab = Vocab.from_text(text, 3500)
     big = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=512)
@@ -216,9 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     print("\nengine with a runner that costs nothing (host-side ceiling of any runner): "
           + ", ".join(f"{n} streams {rate:,.0f} chars/s" for n, rate in host_ceiling.items()))
     RESULTS.mkdir(parents=True, exist_ok=True)
+    machine = f"{os.cpu_count()} cores, {'a' if gpu_visible() else 'no'} GPU visible to TensorFlow"
+    load = [load_before, os.getloadavg()[0]]
+    print(f"machine: {machine}; 1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at "
+          "the end")
     (RESULTS / "sampling.json").write_text(json.dumps(
-        {"machine": f"{os.cpu_count()} cores, {'a' if gpu_visible() else 'no'} GPU visible to "
-                    "TensorFlow", "results": results,
+        {"machine": machine, "load_average_1min": load, "results": results,
          "engine_host_ceiling_chars_per_s": host_ceiling}, indent=2))
     plot(results, RESULTS / "sampling.png")
     print(f"\nwrote {RESULTS / 'sampling.json'} and sampling.png")
