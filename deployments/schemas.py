@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from deployments.errors import ApiError
 from models.config import SampleConfig, field_types
 
 # The registry's integer columns (version numbers, log line positions) are 32-bit on every
@@ -21,6 +22,8 @@ def _pydantic_fields(cls: type) -> dict[str, Any]:
         meta = f.metadata
         limits = {k: meta[src] for k, src in (("ge", "lo"), ("le", "hi")) if meta.get(src) is not None}
         kind = types[f.name]
+        if kind is tuple:  # a list of strings in JSON, its `hi` the most items
+            kind, limits = list[str], {"max_length": meta["hi"]} if meta.get("hi") else {}
         annotation = kind | None if f.default is None else kind
         fields[f.name] = (annotation, Field(f.default, description=meta.get("help"), **limits))
     return fields
@@ -47,4 +50,8 @@ class PromoteRequest(_Strict):
 
 def sample_config(request: BaseModel) -> SampleConfig:
     names = {f.name for f in dataclasses.fields(SampleConfig)}
-    return SampleConfig(**{k: v for k, v in request.model_dump().items() if k in names})
+    values = {k: v for k, v in request.model_dump().items() if k in names}
+    try:
+        return SampleConfig(**{**values, "stop": tuple(values.get("stop") or ())})
+    except ValueError as error:  # what the schema cannot say (each stop string's length)
+        raise ApiError(400, str(error)) from None

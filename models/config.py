@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 CELL_TYPES = ("lstm", "gru", "rnn")
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 4, 64  # per generation request
 
 
 def param(default: Any, help: str, lo: float | None = None, hi: float | None = None,
@@ -126,6 +127,20 @@ class SampleConfig:
     temperature: float = param(1.0, "softmax temperature; lower is more conservative", 0.01, 10.0)
     top_k: int = param(0, "sample only among the k most likely characters (0: all)", 0, 100_000)
     seed: int | None = param(None, "random seed; the same seed gives the same text", 0, 2**63 - 1)
+    top_p: float = param(1.0, "sample only among the most likely characters whose probabilities "
+                         "add up to top_p (nucleus sampling; 1: all)", 0.0, 1.0)
+    stop: tuple[str, ...] = param((), "end the text before the first of these strings (it is "
+                                  "left out)", hi=MAX_STOP_STRINGS)
+    logprobs: int | None = param(None, "also answer each generated character's log-probability "
+                                 "and the N most likely characters at its position", 0, 20)
+
+    def __post_init__(self):
+        # Bounded here, where the engine's per-character check is defined: a stop string is
+        # held back while it may still match, so its length bounds how late text is delivered.
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings")
+        if any(not 0 < len(s) <= MAX_STOP_CHARS for s in self.stop):
+            raise ValueError(f"stop: each string must have 1 to {MAX_STOP_CHARS} characters")
 
 
 def recurrent_params(cell: str, inputs: int, units: int) -> int:
@@ -170,6 +185,11 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
         if number != number or number in (float("inf"), float("-inf")):
             raise ValueError(f"{name}: expected a finite number, got {value!r}")
         return number
+    if kind is tuple:  # of strings: one string (a CLI flag, a form field) or a JSON list
+        items = (value,) if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ValueError(f"{name}: expected a string or a list of strings, got {value!r}")
+        return tuple(items)
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected a string, got {value!r}")
     return value
@@ -177,14 +197,14 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
 
 def _field_type(f: dataclasses.Field) -> type:
     annotation = str(f.type)
-    for kind in (bool, int, float):
+    for kind in (bool, int, float, tuple):
         if annotation.startswith(kind.__name__):
             return kind
     return str
 
 
 def field_types(cls: type) -> dict[str, type]:
-    """Field name -> Python type (bool/int/float/str) for a config dataclass."""
+    """Field name -> Python type (bool/int/float/str, tuple of str) for a config dataclass."""
     return {f.name: _field_type(f) for f in dataclasses.fields(cls)}
 
 

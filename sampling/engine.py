@@ -22,13 +22,15 @@ from models.config import SampleConfig
 from models.runner import StepRunner
 from models.vocab import Vocab
 from sampling.scheduler import Scheduler, Sequence
+from sampling.stops import release_held
 
 logger = logging.getLogger(__name__)
 
 
 def sample_next(logits: np.ndarray, sequences: list[Sequence]) -> np.ndarray:
-    """One id per row from softmax(logits / temperature), restricted to the top_k, drawn with
-    each sequence's own RNG so a seed gives the same text whatever else shares the batch."""
+    """One id per row from softmax(logits / temperature), restricted to the top_k and then to
+    the top_p nucleus, drawn with each sequence's own RNG so a seed gives the same text
+    whatever else shares the batch."""
     logits = logits.astype(np.float64)
     logits[:, 0] = -np.inf  # never emit the unknown symbol
     temperature = np.array([s.temperature for s in sequences])[:, None]
@@ -38,6 +40,8 @@ def sample_next(logits: np.ndarray, sequences: list[Sequence]) -> np.ndarray:
         if 0 < k < scaled.shape[1]:
             threshold = np.partition(scaled[row], -k)[-k]
             scaled[row, scaled[row] < threshold] = -np.inf
+        if sequence.top_p < 1.0:
+            _keep_nucleus(scaled[row], sequence.top_p)
     scaled -= scaled.max(axis=1, keepdims=True)
     probs = np.exp(scaled)
     cumulative = np.cumsum(probs, axis=1)
@@ -46,22 +50,47 @@ def sample_next(logits: np.ndarray, sequences: list[Sequence]) -> np.ndarray:
     return np.minimum(choice, logits.shape[1] - 1)
 
 
+def _keep_nucleus(scaled: np.ndarray, top_p: float) -> None:
+    """In place: keep the fewest most likely ids whose probabilities reach top_p (at least one)."""
+    order = np.argsort(-scaled, kind="stable")
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    cumulative = np.cumsum(probs / probs.sum())
+    keep = int(np.searchsorted(cumulative, top_p)) + 1
+    scaled[order[keep:]] = -np.inf
+
+
+def char_logprobs(logits: np.ndarray, chosen: int, top: int, chars: list[str]) -> tuple:
+    """`(logprob of the chosen id, ((char, logprob), ...) for the `top` most likely)`, from the
+    model's own distribution (temperature 1, no top-k/top-p) over the ids it may emit."""
+    row = logits.astype(np.float64)
+    row[0] = -np.inf
+    row -= row.max()
+    logprobs = row - np.log(np.exp(row).sum())
+    best = np.argsort(-logprobs, kind="stable")[:top]
+    return float(logprobs[chosen]), tuple((chars[i], float(logprobs[i])) for i in best)
+
+
 class SequenceHandle:
     """The caller's side of one request: async iteration over text chunks, or `result()`."""
 
     def __init__(self, sequence: Sequence):
         self.sequence = sequence
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        # One entry per delivered character when the request asked for logprobs (see
+        # char_logprobs): a reader of `n` characters so far finds theirs at [:n].
+        self.logprobs: list[tuple] = []
         self.submitted_at = time.perf_counter()
         self.first_char_at: float | None = None
         self.finished_at: float | None = None
-        # Once finished: "length", "cancelled", "deadline", or "error" (a step failed).
+        # Once finished: "length", "stop" (a stop string), "cancelled", "deadline", or "error"
+        # (a step failed).
         self.reason: str | None = None
 
     # Called on the event loop thread when the engine delivers a batch of steps' output.
-    def _emit(self, text: str) -> None:
+    def _emit(self, text: str, logprobs: list[tuple]) -> None:
         if self.first_char_at is None:
             self.first_char_at = time.perf_counter()
+        self.logprobs += logprobs
         self._queue.put_nowait(text)
 
     def _finish(self, reason: str) -> None:
@@ -106,6 +135,7 @@ class SamplingEngine:
         # Output of the steps run since the last delivery, handed to the handles on the event
         # loop in one go: a thread-safe wake-up per character cost more than the step itself.
         self._chars: dict[SequenceHandle, list[str]] = {}
+        self._logprobs: dict[SequenceHandle, list[tuple]] = {}
         self._ended: list[tuple[SequenceHandle, str]] = []
         self._wake = asyncio.Event()
         self._closed = False
@@ -119,7 +149,8 @@ class SamplingEngine:
         prompt = [int(i) for i in self.vocab.encode(sample.prime)] or [self.start_id]
         sequence = Sequence(
             prompt_ids=prompt, max_length=sample.max_length, temperature=sample.temperature,
-            top_k=sample.top_k, rng=np.random.default_rng(sample.seed),
+            top_k=sample.top_k, top_p=sample.top_p, stop=sample.stop, logprobs=sample.logprobs,
+            rng=np.random.default_rng(sample.seed),
             deadline=time.monotonic() + deadline_s if deadline_s else None)
         handle = SequenceHandle(sequence)
         self.scheduler.add(sequence)
@@ -131,6 +162,8 @@ class SamplingEngine:
         """Run one batched step; returns how many sequences it advanced."""
         running, admitted, dropped = self.scheduler.schedule()
         for sequence in dropped:
+            if not sequence.cancelled:
+                self._release(sequence, len(sequence.held))  # text so far, ended by the deadline
             self._end(sequence, "cancelled" if sequence.cancelled else "deadline")
         for sequence in admitted:
             self.runner.reset(sequence.slot)
@@ -145,15 +178,40 @@ class SamplingEngine:
         if sampling:
             chosen = sample_next(logits[sampling], [running[i] for i in sampling])
             for row, char_id in zip(sampling, chosen, strict=True):
-                sequence = running[row]
-                sequence.generated.append(int(char_id))
-                handle = self.handles[sequence.request_id]
-                self._chars.setdefault(handle, []).append(self.vocab.chars[char_id])
-                if len(sequence.generated) >= sequence.max_length:
-                    self.scheduler.retire(sequence)
-                    self._end(sequence, "length")
+                self._accept(running[row], int(char_id), logits[row])
         self.occupancy.append(len(running))
         return len(running)
+
+    def _accept(self, sequence: Sequence, char_id: int, logits: np.ndarray) -> None:
+        """A sampled character: deliver it (or hold it back while it may start a stop string),
+        and retire the sequence at its length or its first stop string."""
+        sequence.generated.append(char_id)
+        entry = None if sequence.logprobs is None else char_logprobs(
+            logits, char_id, sequence.logprobs, self.vocab.chars)
+        sequence.held.append((self.vocab.chars[char_id], entry))
+        if sequence.stop:
+            ready, stopped = release_held("".join(c for c, _ in sequence.held), sequence.stop)
+        else:
+            ready, stopped = 1, False
+        finished = "stop" if stopped else (
+            "length" if len(sequence.generated) >= sequence.max_length else None)
+        if finished == "length":
+            ready = len(sequence.held)  # no stop string can complete any more
+        self._release(sequence, ready)
+        if finished:
+            sequence.held.clear()  # after a stop: the stop string, never delivered
+            self.scheduler.retire(sequence)
+            self._end(sequence, finished)
+
+    def _release(self, sequence: Sequence, count: int) -> None:
+        """Deliver the first `count` held characters at the next `deliver()`."""
+        if not count:
+            return
+        released, sequence.held = sequence.held[:count], sequence.held[count:]
+        handle = self.handles[sequence.request_id]
+        self._chars.setdefault(handle, []).extend(c for c, _ in released)
+        if sequence.logprobs is not None:
+            self._logprobs.setdefault(handle, []).extend(e for _, e in released)
 
     def _end(self, sequence: Sequence, reason: str) -> None:
         self._ended.append((self.handles.pop(sequence.request_id), reason))
@@ -162,9 +220,10 @@ class SamplingEngine:
         """On the event loop: pass the text sampled since the last call to its handles, then
         end the finished ones (text first, so a finished stream is complete)."""
         chars, self._chars = self._chars, {}
+        logprobs, self._logprobs = self._logprobs, {}
         ended, self._ended = self._ended, []
         for handle, pieces in chars.items():
-            handle._emit("".join(pieces))
+            handle._emit("".join(pieces), logprobs.get(handle, []))
         for handle, reason in ended:
             handle._finish(reason)
             if self.on_finish is not None:

@@ -30,12 +30,18 @@ class Sequence:
     max_length: int
     temperature: float = 1.0
     top_k: int = 0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # the text ends before the first of these (sampling/stops.py)
+    logprobs: int | None = None  # alternatives to report per character (None: no logprobs)
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     deadline: float | None = None  # time.monotonic() after which it is retired unfinished
     request_id: int = field(default_factory=lambda: next(_ids))
     slot: int | None = None
     fed: int = 0  # prompt ids already fed
     generated: list[int] = field(default_factory=list)
+    # Sampled characters not delivered yet (each with its logprobs, or None): they may be the
+    # start of a stop string.
+    held: list[tuple[str, tuple | None]] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
 
