@@ -99,32 +99,102 @@ class Generator:
                 self.metrics.char_latency.observe(per_char, tags=tags)
 
     async def generate(self, sample: SampleConfig) -> dict:
+        return (await self.generate_many([sample]))[0]
+
+    async def generate_many(self, samples: list[SampleConfig]) -> list[dict]:
+        """Several generations of one model submitted together, so they share batched steps
+        (the OpenAI route's prompts and `n`). One answer per sample, in order."""
         model_id, engine = await self._engine()
-        handle = self._submit(engine, model_id, sample)
+        handles = self._submit_all(engine, model_id, samples)
         try:
-            text = await handle.result()
+            texts = await asyncio.gather(*(handle.result() for handle in handles))
         finally:
-            handle.cancel()  # no-op when finished; frees the slot if this call was cancelled
-        self._record(model_id, engine, handle, len(text))
-        if handle.reason == "error":
+            for handle in handles:
+                handle.cancel()  # no-op when finished; frees the slot if this call was cancelled
+        for handle, text in zip(handles, texts, strict=True):
+            self._record(model_id, engine, handle, len(text))
+        if any(handle.reason == "error" for handle in handles):
             raise RuntimeError(f"sampling failed for model {model_id} (see the replica's log)")
-        return {"text": sample.prime + text, "generated": text, "generated_chars": len(text),
-                "finish_reason": handle.reason,
-                "time_to_first_char_s": _seconds(handle.first_char_at, handle.submitted_at)}
+        return [_answer(sample, handle, text)
+                for sample, handle, text in zip(samples, handles, texts, strict=True)]
+
+    def _submit_all(self, engine: SamplingEngine, model_id: str, samples: list[SampleConfig]):
+        """All of them or none: past a full queue the ones already queued are cancelled."""
+        handles = []
+        try:
+            for sample in samples:
+                handles.append(self._submit(engine, model_id, sample))
+        except Overloaded:
+            for handle in handles:
+                handle.cancel()
+            raise
+        return handles
 
     async def stream(self, sample: SampleConfig):
         """Yield text chunks as they are sampled; a client that goes away cancels the sequence
         (this generator is closed), which frees its batch slot at the next step."""
+        async for event in self.stream_events([sample]):
+            if event.get("text"):
+                yield event["text"]
+
+    async def stream_events(self, samples: list[SampleConfig]):
+        """Several generations streamed together, as events in the order they are sampled:
+        `{"index", "text", "logprobs"}` (logprobs: one entry per character, or None), then
+        one `{"index", "finish_reason"}` per sample. Closing it cancels every sequence."""
         model_id, engine = await self._engine()
-        handle = self._submit(engine, model_id, sample)
-        sent = 0
+        handles = self._submit_all(engine, model_id, samples)
+        sent = [0] * len(handles)
         try:
-            async for chunk in handle:
-                sent += len(chunk)
-                yield chunk
+            async for index, chunk in _merged(handles):
+                handle = handles[index]
+                if chunk is None:
+                    if handle.reason == "error":
+                        raise RuntimeError(f"sampling failed for model {model_id}")
+                    yield {"index": index, "finish_reason": handle.reason}
+                    continue
+                start, sent[index] = sent[index], sent[index] + len(chunk)
+                logprobs = (handle.logprobs[start:sent[index]]
+                            if samples[index].logprobs is not None else None)
+                yield {"index": index, "text": chunk, "logprobs": logprobs}
         finally:
-            handle.cancel()
-            self._record(model_id, engine, handle, sent)
+            for index, handle in enumerate(handles):
+                handle.cancel()
+                self._record(model_id, engine, handle, sent[index])
+
+
+async def _merged(handles):
+    """(index, chunk) from several handles as chunks arrive, then (index, None) as each ends."""
+    if len(handles) == 1:  # the common case, without a task and a queue in between
+        async for chunk in handles[0]:
+            yield 0, chunk
+        yield 0, None
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(index, handle):
+        async for chunk in handle:
+            await queue.put((index, chunk))
+        await queue.put((index, None))
+
+    pumps = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
+    ended = 0
+    try:
+        while ended < len(handles):
+            index, chunk = await queue.get()
+            ended += chunk is None
+            yield index, chunk
+    finally:
+        for task in pumps:
+            task.cancel()
+
+
+def _answer(sample: SampleConfig, handle, text: str) -> dict:
+    answer = {"text": sample.prime + text, "generated": text, "generated_chars": len(text),
+              "finish_reason": handle.reason,
+              "time_to_first_char_s": _seconds(handle.first_char_at, handle.submitted_at)}
+    if sample.logprobs is not None:
+        answer["logprobs"] = [[chosen, list(top)] for chosen, top in handle.logprobs]
+    return answer
 
 
 def _seconds(end: float | None, start: float) -> float | None:

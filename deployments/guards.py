@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from deployments.auth import check_bearer
+from deployments.errors import error_body
 
 BODY_TOO_LARGE = "rnnserve.body_too_large"
 
@@ -55,10 +56,15 @@ class RateLimiter:
         return bucket.take(now)
 
 
+# Inference on the native routes and on the protocols' (OpenAI completions, TF Serving predict,
+# KServe infer): one bucket per client for all of them.
+INFERENCE_SUFFIXES = ("/generate", "/predict", "/v1/completions", ":predict", "/infer")
+
+
 def _route_class(method: str, path: str) -> str | None:
     if method == "POST" and path.rstrip("/") == "/models":
         return "upload"
-    if method == "POST" and (path.endswith("/generate") or path.endswith("/predict")):
+    if method == "POST" and path.endswith(INFERENCE_SUFFIXES):
         return "inference"
     return None
 
@@ -76,8 +82,10 @@ def client_of(scope, api_key: str | None) -> str:
     return "ip:" + (client[0] if client else "unknown")
 
 
-async def send_error(send, status: int, error: str, headers: dict | None = None) -> None:
-    body = json.dumps({"error": error, "detail": None}).encode()
+async def send_error(send, status: int, error: str, headers: dict | None = None,
+                     path: str = "") -> None:
+    status, shaped = error_body(path, status, error)
+    body = json.dumps(shaped).encode()
     raw_headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -121,7 +129,7 @@ class RequestGuards:
             wait = limiter.check(f"{route}:{client_of(scope, self.api_key)}")
             if wait > 0:
                 return await send_error(send, 429, "too many requests; retry later",
-                                         {"Retry-After": str(math.ceil(wait))})
+                                         {"Retry-After": str(math.ceil(wait))}, scope["path"])
         if route == "inference" and self.max_in_flight > 0:
             # A client's generations/predictions at once (a stream counts until it ends): one
             # address cannot fill a model's waiting queue or cycle the model cache alone.
@@ -129,7 +137,7 @@ class RequestGuards:
             if self.in_flight.get(client, 0) >= self.max_in_flight:
                 return await send_error(send, 429, f"more than {self.max_in_flight} requests "
                                          "in flight from this client; retry later",
-                                         {"Retry-After": "1"})
+                                         {"Retry-After": "1"}, scope["path"])
             self.in_flight[client] = self.in_flight.get(client, 0) + 1
             try:
                 return await self._guard_body(route, scope, receive, send)
@@ -151,7 +159,7 @@ class RequestGuards:
             too_large = f"request body larger than {cap} bytes"
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > cap:
-            return await send_error(send, 413, too_large)
+            return await send_error(send, 413, too_large, path=scope["path"])
         body = _BodyReader(receive, cap, too_large, self.min_body_bytes_per_s,
                            self.body_grace_s)
         if route == "upload":
@@ -162,7 +170,7 @@ class RequestGuards:
         try:
             first = await body.read_all()
         except BodyRefused as refused:
-            return await send_error(send, refused.status, refused.error)
+            return await send_error(send, refused.status, refused.error, path=scope["path"])
         replayed = False
 
         async def replay():
@@ -184,7 +192,8 @@ class RequestGuards:
                 if not replaced:
                     replaced = True
                     scope[BODY_TOO_LARGE] = True  # the route checks it before any side effect
-                    await send_error(send, body.refused.status, body.refused.error)
+                    await send_error(send, body.refused.status, body.refused.error,
+                                     path=scope["path"])
                 return
             await send(message)
 
@@ -193,7 +202,7 @@ class RequestGuards:
         except BodyRefused:
             pass  # escaped the app's own handling: answered below
         if body.refused is not None and not replaced:
-            await send_error(send, body.refused.status, body.refused.error)
+            await send_error(send, body.refused.status, body.refused.error, path=scope["path"])
 
 
 class _BodyReader:

@@ -15,16 +15,19 @@ from pathlib import Path
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray import cloudpickle, serve
 
 from deployments.auth import check_api_key
-from deployments.errors import ApiError, Overloaded, install_error_handlers
+from deployments.errors import ApiError, install_error_handlers
 from deployments.guards import BODY_TOO_LARGE, RequestGuards, client_of
 from deployments.limits import Limits
 from deployments.metrics import JobMetrics
 from deployments.origin_guard import SameOriginGuard
 from deployments.predict_input import parse_json_body, parse_predict_body
+from deployments.protocols import kserve_routes, openai_routes, tfserving_routes
+from deployments.protocols.kserve_routes import KServeRoutes
+from deployments.protocols.openai_routes import OpenAIRoutes
+from deployments.protocols.tfserving_routes import TFServingRoutes
 from deployments.schemas import DB_INT_MAX, GenerateRequest, PromoteRequest, sample_config
 from deployments.training_jobs import TrainingJobs
 from registry import ACTIVE, PRODUCTION, Registry, Settings, validate_name
@@ -38,36 +41,18 @@ MAX_PAGE = 500  # models per page of GET /models
 app = FastAPI(title="rnnserve", version="0.1.0",
               description="Train character-level RNN/LSTM models on Ray and serve them.")
 install_error_handlers(app)
-
-
-# Module helpers must be defined before the class: Serve serializes it when decorated.
-async def _prepend(first: str, rest):
-    if first:
-        yield first
-    async for chunk in rest:
-        yield chunk
-
-
-async def _retrying_lost_replicas(call, attempts: int = 3):
-    """`await call()`, again on another replica when the one it reached died before answering
-    (its node was lost): nothing was returned yet and sampling is seeded, so a retry is safe."""
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except Overloaded as error:
-            raise ApiError(503, str(error), headers={"Retry-After": "1"}) from None
-        except (ActorDiedError, ActorUnavailableError) as error:
-            logger.warning("generate: replica lost (%s), attempt %d", type(error).__name__,
-                           attempt + 1)
-            if attempt == attempts - 1:
-                raise ApiError(503, "the model's replica was lost; retry",
-                               headers={"Retry-After": "1"}) from None
-            await asyncio.sleep(0.5 * (attempt + 1))
+# The protocols' routes are methods of the Ingress' base classes (Serve binds those too).
+# Serve gives each route method its `self` dependency here, at decoration, then ships the class
+# to the replicas with cloudpickle: by value, so the methods keep it (imported by reference,
+# a replica's copy would not have it and would ask for `self` as a query parameter).
+for protocol in (openai_routes, tfserving_routes, kserve_routes):
+    app.include_router(protocol.router)
+    cloudpickle.register_pickle_by_value(protocol)
 
 
 @serve.deployment
 @serve.ingress(app)
-class Ingress:
+class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
     def __init__(self, generator, classifier, settings: dict, limits: Limits,
                  dashboard_address: str | None, job_server_grace_s: float,
                  job_sync_interval_s: float = 5.0):
@@ -210,39 +195,18 @@ class Ingress:
         return {"name": name, "deleted": True}
 
     # ---- inference ------------------------------------------------------------------------
-    def _servable(self, name: str, version: int | None, kind: str):
-        record = self.registry.get_version(validate_name(name), version)
-        if record.kind != kind:
-            raise ApiError(400, f"model {name} is a {record.kind} model, not {kind}")
-        if record.status != "ready":
-            raise ApiError(409, f"version {record.version} of {name} is {record.status}, "
-                                "not ready")
-        return record, record.model_id
-
     @app.post("/models/{name}/generate")
     async def generate(self, name: str, body: GenerateRequest):
-        record, model_id = await asyncio.to_thread(self._servable, name, body.version,
-                                                   "charrnn")
+        record, model_id = await self._servable_async(name, body.version, "charrnn")
         sample = sample_config(body)
         self.limits.check_sample(sample)
-        handle = self.generator.options(multiplexed_model_id=model_id)
         started = time.perf_counter()
         if body.stream:
-            async def start_stream():
-                chunks = handle.options(stream=True).stream.remote(sample)
-                try:
-                    return chunks, await chunks.__anext__()
-                except StopAsyncIteration:
-                    return chunks, ""
-
-            # Errors before the first chunk (queue full, replica lost) become a status code or
-            # a retry here; once text has gone out, a lost replica ends the stream with an error.
-            chunks, first = await _retrying_lost_replicas(start_stream)
-            return StreamingResponse(_prepend(first, chunks),
-                                     media_type="text/plain; charset=utf-8",
+            chunks = await self._stream(model_id, [sample], events=False)
+            return StreamingResponse(chunks, media_type="text/plain; charset=utf-8",
                                      headers={"X-Model": name,
                                               "X-Model-Version": str(record.version)})
-        result = await _retrying_lost_replicas(lambda: handle.generate.remote(sample))
+        [result] = await self._generate(model_id, [sample])
         return {**result, "model": name, "version": record.version, "prime": sample.prime,
                 "seconds": round(time.perf_counter() - started, 4)}
 
@@ -251,8 +215,7 @@ class Ingress:
                       version: int | None = Query(None, ge=1, le=DB_INT_MAX)) -> dict:
         """Body `{"data": ...}`: one example (T*F numbers, or T lists of F) or a list of them;
         a bare JSON array of T*F numbers works too. Answers probabilities and argmax labels."""
-        record, model_id = await asyncio.to_thread(self._servable, name, version,
-                                                   "lstm-classifier")
+        record, model_id = await self._servable_async(name, version, "lstm-classifier")
         try:
             body = parse_json_body(await request.body())
         except ValueError as error:
@@ -263,8 +226,7 @@ class Ingress:
                                             int(config["features"]), self.limits.max_predict_rows)
         except ValueError as error:
             raise ApiError(400, str(error)) from None
-        probabilities = await self.classifier.options(
-            multiplexed_model_id=model_id).predict.remote(x)
+        probabilities = await self._classify(model_id, x)
         labels = [int(max(range(len(p)), key=p.__getitem__)) for p in probabilities]
         if batched:
             return {"y": probabilities, "label": labels, "model": name, "version": record.version}

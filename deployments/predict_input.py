@@ -35,15 +35,16 @@ def _no_constants(name: str):
     raise _NotFinite
 
 
-def parse_json_body(raw: bytes):
-    """The request body as JSON with every number a finite float64; ValueError otherwise."""
+def parse_json_body(raw: bytes, max_depth: int = MAX_DEPTH):
+    """The request body as JSON with every number a finite float64, nested at most
+    `max_depth` levels; ValueError otherwise."""
     try:
         body = json.loads(raw, parse_int=_finite, parse_float=_finite,
                           parse_constant=_no_constants)
     except _NotFinite:
         raise ValueError("numbers must be finite and within float64's range") from None
     except RecursionError:
-        raise ValueError(f"the body is nested too deeply (at most {MAX_DEPTH} levels)") from None
+        raise ValueError(f"the body is nested too deeply (at most {max_depth} levels)") from None
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
         raise ValueError(f"the body is not valid JSON: {error}") from None
     stack = [(body, 1)] if isinstance(body, (list, dict)) else []
@@ -51,8 +52,8 @@ def parse_json_body(raw: bytes):
         value, depth = stack.pop()
         children = value.values() if isinstance(value, dict) else value
         nested = [child for child in children if isinstance(child, (list, dict))]
-        if nested and depth >= MAX_DEPTH:
-            raise ValueError(f"the body is nested too deeply (at most {MAX_DEPTH} levels)")
+        if nested and depth >= max_depth:
+            raise ValueError(f"the body is nested too deeply (at most {max_depth} levels)")
         stack.extend((child, depth + 1) for child in nested)
     return body
 
@@ -61,7 +62,7 @@ def _is_number(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def _example(value, timesteps: int, features: int) -> np.ndarray | None:
+def as_example(value, timesteps: int, features: int) -> np.ndarray | None:
     """One example as [T, F], or None when `value` is not shaped like one."""
     if not isinstance(value, list):
         return None
@@ -91,23 +92,28 @@ def parse_predict_body(body, timesteps: int, features: int,
                           for item in data)
     if rows_of_numbers and len(data) == timesteps and any(len(r) != features for r in data):
         raise ValueError(f"one nested example needs {timesteps} rows of {features} numbers")
-    single = _example(data, timesteps, features)
+    single = as_example(data, timesteps, features)
     if single is not None:
         examples, batched = [single], False
     else:
         if len(data) > max_rows:
             raise ValueError(f"at most {max_rows} examples per request, got {len(data)}")
-        examples = [_example(item, timesteps, features) for item in data]
+        examples = [as_example(item, timesteps, features) for item in data]
         bad = next((i for i, e in enumerate(examples) if e is None), None)
         if bad is not None:
             raise ValueError(f"example {bad} is not {timesteps * features} numbers or a "
                              f"{timesteps}x{features} nested list of numbers")
         batched = True
-    x = np.stack(examples)
+    return checked_batch(np.stack(examples)), batched
+
+
+def checked_batch(x: np.ndarray) -> np.ndarray:
+    """A batch [N, T, F] of finite values within +-1e6, as float32 (the model scales its
+    inputs itself); ValueError otherwise."""
     if not np.all(np.isfinite(x)):
         raise ValueError("data holds NaN or infinite values")
-    if np.abs(x).max() > 1e6:
+    if x.size and np.abs(x).max() > 1e6:
         raise ValueError("data values must be within [-1e6, 1e6]")
-    return x.astype(np.float32), batched  # the model scales its inputs itself
+    return x.astype(np.float32)
 
 

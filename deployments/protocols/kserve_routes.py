@@ -1,0 +1,82 @@
+"""KServe / Open Inference Protocol v2 routes for the classifiers, a mixin of the Ingress (see
+protocols/__init__.py). Without a version, a model is its production version."""
+
+# No `from __future__ import annotations`: these methods travel to the replicas by value
+# (see ingress.py), where FastAPI could not resolve string annotations against their globals.
+from fastapi import APIRouter, Request, Response
+from fastapi import Path as PathParam
+
+from deployments.protocols.kserve import (
+    HEADER_LENGTH,
+    encode,
+    infer_input,
+    infer_output,
+    model_metadata,
+    split_body,
+)
+from deployments.schemas import DB_INT_MAX
+from deployments.serving import ServingRoutes
+
+router = APIRouter(tags=["KServe v2 (Open Inference Protocol)"])
+VERSION = PathParam(..., ge=1, le=DB_INT_MAX)
+KIND = "lstm-classifier"
+
+
+class KServeRoutes(ServingRoutes):
+    @router.get("/v2")
+    async def kserve_server(self) -> dict:
+        return {"name": "rnnserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+    @router.get("/v2/health/live")
+    async def kserve_live(self) -> dict:
+        return {"live": True}
+
+    @router.get("/v2/health/ready")
+    async def kserve_ready(self) -> dict:
+        return {"ready": True}
+
+    # Registry-only routes are plain `def`: FastAPI runs them in its thread pool.
+    @router.get("/v2/models/{name}")
+    def kserve_model(self, name: str) -> dict:
+        """Inputs and outputs (name, datatype, shape) of the production version."""
+        return self._kserve_metadata(name, None)
+
+    @router.get("/v2/models/{name}/versions/{version}")
+    def kserve_model_version(self, name: str, version: int = VERSION) -> dict:
+        return self._kserve_metadata(name, version)
+
+    def _kserve_metadata(self, name: str, version: int | None) -> dict:
+        record, _ = self._servable(name, version, KIND)
+        ready = [v.version for v in self.registry.list_versions(name) if v.status == "ready"]
+        return model_metadata(record, ready)
+
+    @router.get("/v2/models/{name}/ready")
+    def kserve_model_ready(self, name: str) -> dict:
+        """200 when the production version can answer; an error (404, 409) otherwise."""
+        self._servable(name, None, KIND)
+        return {"name": name, "ready": True}
+
+    @router.get("/v2/models/{name}/versions/{version}/ready")
+    def kserve_version_ready(self, name: str, version: int = VERSION) -> dict:
+        self._servable(name, version, KIND)
+        return {"name": name, "ready": True}
+
+    @router.post("/v2/models/{name}/infer")
+    async def kserve_infer(self, name: str, request: Request) -> Response:
+        """`inputs: [{name: x_input, shape: [N, T, F], datatype: FP32, data}]` answers
+        `outputs: [{name: y_output, shape: [N, classes], datatype: FP32, data}]`; binary
+        tensors (Inference-Header-Content-Length) in and out as the Triton client sends them."""
+        return await self._kserve_infer(name, None, request)
+
+    @router.post("/v2/models/{name}/versions/{version}/infer")
+    async def kserve_infer_version(self, name: str, request: Request,
+                                   version: int = VERSION) -> Response:
+        return await self._kserve_infer(name, version, request)
+
+    async def _kserve_infer(self, name: str, version: int | None, request: Request):
+        record, model_id = await self._servable_async(name, version, KIND)
+        body, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        x = infer_input(body, binary, int(record.params["timesteps"]),
+                        int(record.params["features"]), self.limits.max_predict_rows)
+        content, headers = encode(*infer_output(body, record, await self._classify(model_id, x)))
+        return Response(content, headers=headers)
