@@ -39,6 +39,12 @@ class TokenBucket:
             return 0.0
         return (1 - self.tokens) / self.rate
 
+    def charge(self, tokens: float, now: float) -> None:
+        """Take `tokens` more, into debt if need be (at most one full bucket's worth)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.tokens = max(-self.burst, self.tokens - tokens)
+
 
 class RateLimiter:
     """One bucket per (client, route class); the least recently seen clients are forgotten."""
@@ -47,13 +53,20 @@ class RateLimiter:
         self.rate, self.burst, self.max_clients = rate, burst, max_clients
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def check(self, key: str, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
+    def _bucket(self, key: str, now: float) -> TokenBucket:
         bucket = self.buckets.pop(key, None) or TokenBucket(self.rate, self.burst, self.burst, now)
         self.buckets[key] = bucket
         if len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)
-        return bucket.take(now)
+        return bucket
+
+    def check(self, key: str, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return self._bucket(key, now).take(now)
+
+    def charge(self, key: str, tokens: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._bucket(key, now).charge(tokens, now)
 
 
 # Inference on the native routes and on the protocols' (OpenAI completions, TF Serving predict,
@@ -83,11 +96,15 @@ def client_of(scope, api_key: str | None) -> str:
 
 
 async def send_error(send, status: int, error: str, headers: dict | None = None,
-                     path: str = "") -> None:
+                     path: str = "", close: bool = False) -> None:
+    """The error in the route's shape; `close` ends the connection after it, so the server
+    does not read (and throw away) the rest of a body it has refused."""
     status, shaped = error_body(path, status, error)
     body = json.dumps(shaped).encode()
     raw_headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(body)).encode())]
+    if close:
+        raw_headers.append((b"connection", b"close"))
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
@@ -103,6 +120,20 @@ class BodyRefused(Exception):
 
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Refused without its body read, a request whose body may be larger than this has its
+# connection closed: Serve's proxy (uvicorn) would otherwise read the rest of it to keep the
+# connection, which is where a flood of oversized bodies spends the most CPU.
+DRAIN_AT_MOST = 64 * 1024
+# What a refused body (413, 408) costs its client's rate bucket, in requests: a client that
+# keeps sending what it is told is refused is slowed to a tenth of the rate.
+REFUSED_BODY_COST = 10
+
+
+def _large_body_pending(scope) -> bool:
+    if scope["method"] not in BODY_METHODS:
+        return False
+    length = dict(scope.get("headers", [])).get(b"content-length")
+    return length is None or not length.isdigit() or int(length) > DRAIN_AT_MOST
 
 
 class RequestGuards:
@@ -129,7 +160,8 @@ class RequestGuards:
             wait = limiter.check(f"{route}:{client_of(scope, self.api_key)}")
             if wait > 0:
                 return await send_error(send, 429, "too many requests; retry later",
-                                         {"Retry-After": str(math.ceil(wait))}, scope["path"])
+                                         {"Retry-After": str(math.ceil(wait))}, scope["path"],
+                                         close=_large_body_pending(scope))
         if route == "inference" and self.max_in_flight > 0:
             # A client's generations/predictions at once (a stream counts until it ends): one
             # address cannot fill a model's waiting queue or cycle the model cache alone.
@@ -137,7 +169,8 @@ class RequestGuards:
             if self.in_flight.get(client, 0) >= self.max_in_flight:
                 return await send_error(send, 429, f"more than {self.max_in_flight} requests "
                                          "in flight from this client; retry later",
-                                         {"Retry-After": "1"}, scope["path"])
+                                         {"Retry-After": "1"}, scope["path"],
+                                         close=_large_body_pending(scope))
             self.in_flight[client] = self.in_flight.get(client, 0) + 1
             try:
                 return await self._guard_body(route, scope, receive, send)
@@ -159,18 +192,18 @@ class RequestGuards:
             too_large = f"request body larger than {cap} bytes"
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > cap:
-            return await send_error(send, 413, too_large, path=scope["path"])
+            return await self._refuse_body(route, scope, send, BodyRefused(413, too_large))
         body = _BodyReader(receive, cap, too_large, self.min_body_bytes_per_s,
                            self.body_grace_s)
         if route == "upload":
             # Too large for memory at once: counted as the app streams it in.
-            return await self._call_refusable(scope, body.receive, send, body)
+            return await self._call_refusable(route, scope, body.receive, send, body)
         # Small bodies are read whole before the app sees them, so a route runs on a complete
         # body or not at all (even one that never reads it, or a truncation that parses).
         try:
             first = await body.read_all()
         except BodyRefused as refused:
-            return await send_error(send, refused.status, refused.error, path=scope["path"])
+            return await self._refuse_body(route, scope, send, refused)
         replayed = False
 
         async def replay():
@@ -182,7 +215,15 @@ class RequestGuards:
 
         await self.app(scope, replay, send)
 
-    async def _call_refusable(self, scope, receive, send, body: _BodyReader):
+    async def _refuse_body(self, route, scope, send, refused: BodyRefused) -> None:
+        """Answer a refused body, close the connection rather than read the rest of it, and
+        charge the client's bucket for it."""
+        limiter = self.limiters.get(route)
+        if limiter is not None:
+            limiter.charge(f"{route}:{client_of(scope, self.api_key)}", REFUSED_BODY_COST - 1)
+        await send_error(send, refused.status, refused.error, path=scope["path"], close=True)
+
+    async def _call_refusable(self, route, scope, receive, send, body: _BodyReader):
         """Run the app; once the body is refused its answer is replaced by the guard's."""
         replaced = False
 
@@ -192,8 +233,7 @@ class RequestGuards:
                 if not replaced:
                     replaced = True
                     scope[BODY_TOO_LARGE] = True  # the route checks it before any side effect
-                    await send_error(send, body.refused.status, body.refused.error,
-                                     path=scope["path"])
+                    await self._refuse_body(route, scope, send, body.refused)
                 return
             await send(message)
 
@@ -202,7 +242,7 @@ class RequestGuards:
         except BodyRefused:
             pass  # escaped the app's own handling: answered below
         if body.refused is not None and not replaced:
-            await send_error(send, body.refused.status, body.refused.error, path=scope["path"])
+            await self._refuse_body(route, scope, send, body.refused)
 
 
 class _BodyReader:

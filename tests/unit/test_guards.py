@@ -273,3 +273,29 @@ def test_a_client_over_its_in_flight_cap_gets_429_and_others_do_not():
     over, done, after = asyncio.run(scenario())
     assert over[0] == 429 and over[1][b"retry-after"] == b"1"
     assert [status for status, _ in done] == [200, 200, 200] and after[0] == 200
+
+
+# ---- refusals close the connection and cost the client ------------------------------------
+
+def test_a_refused_body_closes_the_connection_and_costs_its_client_ten_requests():
+    calls = []
+
+    async def generate(request: Request):
+        calls.append(await request.body())
+        return JSONResponse({"ok": True})
+
+    limiter = RateLimiter(rate=0.001, burst=12)  # 12 requests, then practically none
+    app = Starlette(routes=[Route("/models/m/generate", generate, methods=["POST"])])
+    app.add_middleware(RequestGuards, max_upload_bytes=1000, limiters={"inference": limiter},
+                       max_body_bytes=2000)
+    client = TestClient(app)
+    refused = client.post("/models/m/generate", content=b"x" * 5000)
+    assert refused.status_code == 413 and refused.headers["connection"] == "close"
+    # 12 tokens - 10 for the refusal: two small requests left, kept alive, then 429.
+    answers = [client.post("/models/m/generate", json={}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert all("connection" not in a.headers for a in answers)  # small bodies: keep-alive
+    assert len(calls) == 2
+    # A 429 whose body is large (or of unknown length) closes too: its body is not read.
+    big = client.post("/models/m/generate", content=b"x" * 100_000)
+    assert big.status_code == 429 and big.headers["connection"] == "close"
