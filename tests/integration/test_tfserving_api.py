@@ -1,0 +1,78 @@
+"""TF Serving's REST API for the classifier against the real app: the exported SavedModel,
+loaded here with plain TensorFlow, answers what the HTTP route answers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import requests
+
+from tests.integration.protocol_models import CLASSES, examples, ready_classifier
+
+pytestmark = pytest.mark.integration
+
+DIGITS = "tfs-digits"
+
+
+@pytest.fixture(scope="module")
+def url(serve_app):
+    ready_classifier(serve_app, DIGITS)
+    return serve_app
+
+
+def saved_model_predictions(registry, x: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    from models.artifacts import SAVED_MODEL_DIR
+
+    _, directory = registry.fetch_version(DIGITS, 1)
+    signature = tf.saved_model.load(os.path.join(directory, SAVED_MODEL_DIR)) \
+        .signatures["serving_default"]
+    return signature(x_input=tf.constant(x))["y_output"].numpy()
+
+
+def test_row_and_columnar_predictions_are_the_saved_models(url, registry):
+    x = examples(5)
+    expected = saved_model_predictions(registry, x)
+    rows = requests.post(f"{url}/v1/models/{DIGITS}:predict", timeout=30,
+                         json={"signature_name": "serving_default", "instances": x.tolist()})
+    assert rows.status_code == 200, rows.text
+    np.testing.assert_allclose(np.array(rows.json()["predictions"]), expected, atol=1e-5)
+    named = requests.post(f"{url}/v1/models/{DIGITS}/versions/1:predict", timeout=30,
+                          json={"instances": [{"x_input": e} for e in x.tolist()]})
+    np.testing.assert_allclose(np.array(named.json()["predictions"]), expected, atol=1e-5)
+    columnar = requests.post(f"{url}/v1/models/{DIGITS}:predict", timeout=30,
+                             json={"inputs": {"x_input": x.tolist()}})
+    assert columnar.status_code == 200, columnar.text
+    np.testing.assert_allclose(np.array(columnar.json()["outputs"]), expected, atol=1e-5)
+    assert np.array(columnar.json()["outputs"]).shape == (5, CLASSES)
+
+
+def test_model_status_and_metadata(url):
+    for path in (f"/v1/models/{DIGITS}", f"/v1/models/{DIGITS}/versions/1"):
+        status = requests.get(f"{url}{path}", timeout=10).json()
+        assert status["model_version_status"] == [
+            {"version": "1", "state": "AVAILABLE",
+             "status": {"error_code": "OK", "error_message": ""}}]
+    metadata = requests.get(f"{url}/v1/models/{DIGITS}/metadata", timeout=10).json()
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    dims = [int(d["size"]) for d in signature["inputs"]["x_input"]["tensor_shape"]["dim"]]
+    assert dims == [-1, 8, 4] and "y_output" in signature["outputs"]
+
+
+@pytest.mark.parametrize("path, body, status", [
+    ("/v1/models/no-such-model:predict", {"instances": [[0.0] * 32]}, 404),
+    (f"/v1/models/{DIGITS}/versions/9:predict", {"instances": [[0.0] * 32]}, 404),
+    (f"/v1/models/{DIGITS}:predict", {"instances": [[0.0] * 31]}, 400),
+    (f"/v1/models/{DIGITS}:predict", {"instances": [[0.0] * 32], "inputs": [[0.0] * 32]}, 400),
+    (f"/v1/models/{DIGITS}:predict", {"signature_name": "other", "instances": [[0.0] * 32]},
+     400),
+    (f"/v1/models/{DIGITS}:predict", {"instances": [{"pixels": [0.0] * 32}]}, 400),
+    (f"/v1/models/{DIGITS}/versions/one:predict", {"instances": [[0.0] * 32]}, 400),
+])
+def test_errors_as_tf_serving_writes_them(url, path, body, status):
+    response = requests.post(f"{url}{path}", json=body, timeout=30)
+    assert response.status_code == status
+    assert set(response.json()) == {"error"} and isinstance(response.json()["error"], str)
