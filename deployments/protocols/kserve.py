@@ -62,8 +62,11 @@ def infer_input(request: dict, binary: bytes, timesteps: int, features: int,
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if datatype not in DATATYPES:
         raise ApiError(400, f"datatype must be one of {', '.join(DATATYPES)}, got {datatype!r}")
-    if (not isinstance(shape, list) or len(shape) != 3
-            or shape[1:] != [timesteps, features] or not 1 <= shape[0] <= max_rows):
+    whole = isinstance(shape, list) and all(
+        isinstance(d, (int, float)) and not isinstance(d, bool) and float(d).is_integer()
+        for d in shape)  # every JSON number arrives as a float (parse_json_body)
+    if (not whole or len(shape) != 3 or shape[1:] != [timesteps, features]
+            or not 1 <= shape[0] <= max_rows):
         raise ApiError(400, f"shape must be [N, {timesteps}, {features}] with 1 <= N <= "
                             f"{max_rows}, got {shape!r}")
     shape = [int(d) for d in shape]
