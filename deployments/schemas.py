@@ -55,3 +55,22 @@ def sample_config(request: BaseModel) -> SampleConfig:
         return SampleConfig(**{**values, "stop": tuple(values.get("stop") or ())})
     except ValueError as error:  # what the schema cannot say (each stop string's length)
         raise ApiError(400, str(error)) from None
+
+
+def documented_body(model: type[BaseModel]) -> dict:
+    """`openapi_extra` that documents a JSON body a route reads raw (to check every number
+    itself, or because it may carry binary data), with `model`'s schema inlined."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": inline(schema)}}}}

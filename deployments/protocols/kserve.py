@@ -10,8 +10,10 @@ The model's tensors are the SavedModel signature's: `x_input` [N, timesteps, fea
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from deployments.errors import ApiError, first_problem, register_error_shape
 from deployments.predict_input import checked_batch, parse_json_body
@@ -22,6 +24,30 @@ HEADER_LENGTH = "inference-header-content-length"
 # Datatypes an input may have (the model computes in FP32), and their NumPy types.
 DATATYPES = {"FP32": np.float32, "FP64": np.float64, "UINT8": np.uint8, "INT32": np.int32,
              "INT64": np.int64}
+
+
+class InferTensor(BaseModel):
+    name: str = Field(..., description=SERVING_INPUT)
+    shape: list[int] = Field(..., description="[N, timesteps, features]")
+    datatype: str = Field(..., description=", ".join(DATATYPES))
+    data: list[Any] | None = Field(None, description="the values, flat or nested row-major "
+                                   "(or none: binary data after the JSON header)")
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_size")
+
+
+class RequestedOutput(BaseModel):
+    name: str = Field(..., description=SERVING_OUTPUT)
+    parameters: dict[str, Any] | None = Field(None, description="binary_data: true")
+
+
+class InferRequest(BaseModel):
+    """An infer request, for the docs (the route reads the body raw: it may carry binary
+    tensors after its JSON, and every number is checked finite first)."""
+
+    id: str | None = None
+    inputs: list[InferTensor]
+    outputs: list[RequestedOutput] | None = None
+    parameters: dict[str, Any] | None = Field(None, description="binary_data_output: true")
 
 
 def model_metadata(record, versions: list[int]) -> dict:

@@ -8,17 +8,19 @@ from fastapi import Path as PathParam
 
 from deployments.protocols.kserve import (
     HEADER_LENGTH,
+    InferRequest,
     encode,
     infer_input,
     infer_output,
     model_metadata,
     split_body,
 )
-from deployments.schemas import DB_INT_MAX
+from deployments.schemas import DB_INT_MAX, documented_body
 from deployments.serving import ServingRoutes
 
 router = APIRouter(tags=["KServe v2 (Open Inference Protocol)"])
 VERSION = PathParam(..., ge=1, le=DB_INT_MAX)
+BODY = documented_body(InferRequest)  # read raw by the route, documented at /docs
 KIND = "lstm-classifier"
 
 
@@ -61,14 +63,14 @@ class KServeRoutes(ServingRoutes):
         self._servable(name, version, KIND)
         return {"name": name, "ready": True}
 
-    @router.post("/v2/models/{name}/infer")
+    @router.post("/v2/models/{name}/infer", openapi_extra=BODY)
     async def kserve_infer(self, name: str, request: Request) -> Response:
         """`inputs: [{name: x_input, shape: [N, T, F], datatype: FP32, data}]` answers
         `outputs: [{name: y_output, shape: [N, classes], datatype: FP32, data}]`; binary
         tensors (Inference-Header-Content-Length) in and out as the Triton client sends them."""
         return await self._kserve_infer(name, None, request)
 
-    @router.post("/v2/models/{name}/versions/{version}/infer")
+    @router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=BODY)
     async def kserve_infer_version(self, name: str, request: Request,
                                    version: int = VERSION) -> Response:
         return await self._kserve_infer(name, version, request)

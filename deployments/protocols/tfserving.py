@@ -8,8 +8,10 @@ TF Serving client works unchanged against either server.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from deployments.errors import ApiError, first_problem, register_error_shape
 from deployments.predict_input import as_example, checked_batch
@@ -18,6 +20,18 @@ from models.classifier import SERVING_INPUT, SERVING_OUTPUT
 SIGNATURE = "serving_default"
 MAX_DEPTH = 5  # {"instances": [{"x_input": [row [number]]}]}
 _STATES = {"queued": "START", "training": "LOADING", "ready": "AVAILABLE"}
+
+
+class PredictRequest(BaseModel):
+    """TF Serving's predict body, for the docs (the route reads it raw: every number is
+    checked finite and within float64 first)."""
+
+    signature_name: str = Field(SIGNATURE, description="the only signature")
+    instances: list[Any] | None = Field(None, description="row format: per example, its "
+                                        f"[timesteps][features] numbers or {{{SERVING_INPUT}: "
+                                        "...}}; answered as predictions")
+    inputs: Any = Field(None, description=f"columnar format: the batch, or {{{SERVING_INPUT}: "
+                        "batch}}; answered as outputs")
 
 
 def predict_input(body, timesteps: int, features: int, max_rows: int) -> tuple[np.ndarray, bool]:

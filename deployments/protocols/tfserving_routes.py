@@ -11,27 +11,29 @@ from deployments.errors import ApiError
 from deployments.predict_input import parse_json_body
 from deployments.protocols.tfserving import (
     MAX_DEPTH,
+    PredictRequest,
     model_metadata,
     model_status,
     predict_input,
     predict_output,
 )
-from deployments.schemas import DB_INT_MAX
+from deployments.schemas import DB_INT_MAX, documented_body
 from deployments.serving import ServingRoutes
 from registry import validate_name
 
 router = APIRouter(tags=["TF Serving REST"])
 VERSION = PathParam(..., ge=1, le=DB_INT_MAX)
+BODY = documented_body(PredictRequest)  # read raw by the route, documented at /docs
 
 
 class TFServingRoutes(ServingRoutes):
-    @router.post("/v1/models/{name}:predict")
+    @router.post("/v1/models/{name}:predict", openapi_extra=BODY)
     async def tfserving_predict(self, name: str, request: Request) -> dict:
         """`{"instances": [...]}` answers `{"predictions": [...]}`; `{"inputs": ...}` answers
         `{"outputs": ...}` (probabilities per class). Production version."""
         return await self._tfserving_predict(name, None, request)
 
-    @router.post("/v1/models/{name}/versions/{version}:predict")
+    @router.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=BODY)
     async def tfserving_predict_version(self, name: str, request: Request,
                                         version: int = VERSION) -> dict:
         return await self._tfserving_predict(name, version, request)
