@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from deployments.errors import ApiError, first_problem, register_error_shape
 from models.config import MAX_STOP_CHARS, MAX_STOP_STRINGS, SampleConfig
 
-MAX_PROMPTS, MAX_N = 16, 16  # per request: prompts, and samples of each
+# Per request: prompts, samples of each, and samples in all (each is a sequence in a batch).
+MAX_PROMPTS, MAX_N, MAX_SAMPLES = 16, 16, 16
 
 
 class StreamOptions(BaseModel):
@@ -58,6 +59,8 @@ class CompletionRequest(BaseModel):
     def _bounded_lists(self):
         if isinstance(self.prompt, list) and not 1 <= len(self.prompt) <= MAX_PROMPTS:
             raise ValueError(f"prompt: 1 to {MAX_PROMPTS} strings")
+        if len(self.prompts) * self.n > MAX_SAMPLES:
+            raise ValueError(f"n times the number of prompts: at most {MAX_SAMPLES}")
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if len(stops) > MAX_STOP_STRINGS or any(not 0 < len(s) <= MAX_STOP_CHARS for s in stops):
             raise ValueError(f"stop: at most {MAX_STOP_STRINGS} strings of 1 to "
