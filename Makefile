@@ -11,7 +11,7 @@ export RNNSERVE_SHARED_DATA ?= $(SHARED)/data
 METRICS_PORT ?= 8080
 HTTP_PORT ?= 8000
 
-.PHONY: run stop test test-cluster bench-cluster bench-attack test-unit lint fuzz bench bench-train bench-sampling bench-classifier bench-e2e loadtest system-deps clean
+.PHONY: run stop test test-cluster test-autoscaler bench-cluster bench-attack test-unit lint fuzz bench bench-train bench-sampling bench-classifier bench-e2e loadtest system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,13 @@ test: $(BIN)/.installed system-deps
 # It shares the machine with other Ray instances (own ports and temp dir; kills only its own).
 test-cluster: $(BIN)/.installed
 	RNNSERVE_CLUSTER_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests/cluster
+
+# Issue 15: Ray's real autoscaler (its fake multi-node provider) launching and removing nodes
+# of cluster.yaml's types on this machine, the registry in PostgreSQL: a GPU node for a
+# `--use_gpu` training job, a serving node for a Generator replica Serve adds under load. A
+# pytest run of its own (this process joins one Ray cluster); own ports and temp dir (~4 min).
+test-autoscaler: $(BIN)/.installed system-deps
+	RNNSERVE_AUTOSCALER_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests/autoscaler
 
 test-unit: $(BIN)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

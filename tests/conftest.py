@@ -51,9 +51,11 @@ def session_storage(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("storage")
 
 
-def start_ray_head(env: dict) -> dict:
-    """`ray start --head` on fresh loopback ports; returns the addresses (and `env`)."""
-    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
+def start_ray_head(env: dict, temp_dir: str = TEMP_DIR, num_cpus: int = 4,
+                   extra_args: tuple[str, ...] = (), gcs_port: int | None = None) -> dict:
+    """`ray start --head` on fresh loopback ports (the GCS on `gcs_port` if given), its files
+    under `temp_dir`; returns the addresses (and `env`). `extra_args` go to `ray start`."""
+    ports = {"gcs": gcs_port or free_port(), "dashboard": free_port(), "metrics": free_port()}
     # Every port on a fresh free one: with Ray's defaults a second cluster on the machine
     # (say `make run`) would hold the dashboard agent's port and job submission would fail.
     agent_ports = [f"--{flag}={free_port()}" for flag in (
@@ -61,10 +63,10 @@ def start_ray_head(env: dict) -> dict:
         "ray-client-server-port", "node-manager-port", "object-manager-port")]
     subprocess.run(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
-         "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
+         "--port", str(ports["gcs"]), "--num-cpus", str(num_cpus), "--include-dashboard", "true",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
          "--metrics-export-port", str(ports["metrics"]), *agent_ports,
-         "--temp-dir", TEMP_DIR, "--disable-usage-stats"],
+         "--temp-dir", temp_dir, "--disable-usage-stats", *extra_args],
         check=True, env=env, cwd=REPO, capture_output=True)
     return {"address": f"127.0.0.1:{ports['gcs']}",
             "dashboard": f"http://127.0.0.1:{ports['dashboard']}",

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from tests.cluster.simcluster import SHARED_DATA, TEMP_ROOT, SimCluster, registry_for
+from tests.cluster.simcluster import TEMP_ROOT, SimCluster, corpus_slice, registry_for
 
 if os.environ.get("RNNSERVE_CLUSTER_TESTS") != "1":
     # Own process only: this session starts its own Ray cluster and removes its nodes.
@@ -51,8 +51,4 @@ def registry(cluster):
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> str:
-    """A slice of tinyshakespeare (read from the shared data, written to this session's tmp)."""
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    path = tmp_path_factory.mktemp("corpus") / "shakespeare-slice.txt"
-    path.write_text(text[:60_000], encoding="utf-8")
-    return str(path)
+    return corpus_slice(tmp_path_factory.mktemp("corpus"))

@@ -37,6 +37,15 @@ TINY_MODEL = ["--lstm_size", "32", "--num_layers", "1", "--num_seqs", "8", "--nu
               "--learning_rate", "0.01", "--val_frac", "0.05"]
 
 
+def corpus_slice(directory: Path) -> str:
+    """A slice of tinyshakespeare (from the shared data) written to `directory`: enough text
+    for the tiny model, quick to split and batch. Returns its path."""
+    text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    path = Path(directory) / "shakespeare-slice.txt"
+    path.write_text(text[:60_000], encoding="utf-8")
+    return str(path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,10 +64,71 @@ def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "co
         time.sleep(interval)
 
 
-class SimCluster:
+def cluster_env(storage: Path, db_url: str, temp_root: str) -> dict:
+    """What every process of a test cluster reads from its environment: the shared storage and
+    registry, and Ray's settings for a cluster that lives beside others on this machine."""
+    return {
+        "RNNSERVE_STORAGE": str(storage), "RNNSERVE_DB_URL": db_url,
+        # Ray writes its "current cluster" file under RAY_TMPDIR: keep it out of /tmp/ray,
+        # where another Ray instance of this machine may keep its own.
+        "RAY_TMPDIR": temp_root,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",  # loopback only, as in the main test session
+        # Proxies on a busy 2-core machine take longer than Serve's default to be ready.
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "20",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+
+
+class ClusterView:
+    """What tests read from a running test cluster through its dashboard (`self.dashboard`)
+    and the GCS (this process's `ray.init`). Its Ray files live under `self.temp_root`."""
+
+    dashboard: str
+    temp_root: str
+
+    def _dashboard_up(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.dashboard}/api/version", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def alive_nodes(self) -> dict[str, dict]:
+        import ray
+
+        return {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+
+    def metrics_url(self, node_id: str) -> str:
+        return f"http://127.0.0.1:{self.alive_nodes()[node_id]['MetricsExportPort']}/metrics"
+
+    def actors(self, class_name: str) -> list[dict]:
+        """Alive actors whose class name contains `class_name`, with their node ids."""
+        from ray.util.state import list_actors
+
+        found = list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")],
+                            limit=10_000, raise_on_missing_output=False)
+        return [{"node_id": a.node_id, "name": a.name, "class_name": a.class_name,
+                 "pid": a.pid} for a in found if class_name in a.class_name]
+
+    def log_lines_with(self, text: str) -> list[str]:
+        """Lines of any process's log on any node of this cluster (Serve replicas, Ray workers,
+        job drivers: every node writes under the cluster's temp dir) that contain `text`."""
+        found = []
+        for path in Path(self.temp_root).glob("ray/session_*/logs/**/*"):
+            if path.is_file() and path.suffix in (".log", ".out", ".err"):
+                with open(path, errors="replace") as f:
+                    found += [f"{path.name}: {line.strip()[:300]}" for line in f if text in line]
+        return found
+
+
+class SimCluster(ClusterView):
     """A head with 0 CPUs (GCS, dashboard, Serve controller, a proxy, the drivers) and worker
     nodes of 1 CPU each, so every training worker and Generator replica lands on a node that
     can be removed."""
+
+    temp_root = TEMP_ROOT
 
     def __init__(self, storage: Path, workers: int = 2, head_resources: dict | None = None):
         import ray
@@ -67,19 +137,9 @@ class SimCluster:
         self.storage = Path(storage)
         self.db_url = f"sqlite:///{self.storage}/registry.db"
         os.makedirs(TEMP_ROOT, exist_ok=True)
-        self.env = {
-            "RNNSERVE_STORAGE": str(self.storage), "RNNSERVE_DB_URL": self.db_url,
-            # Ray writes its "current cluster" file under RAY_TMPDIR: keep it out of /tmp/ray,
-            # where another Ray instance of this machine may keep its own.
-            "RAY_TMPDIR": TEMP_ROOT,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "RAY_AUTH_MODE": "disabled",  # loopback only, as in the main test session
-            # Proxies on a busy 2-core machine take longer than Serve's default to be ready.
-            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "20",
-        }
         # The raylets and their workers inherit this process's environment.
-        os.environ.update(self.env)
-        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        os.environ.update(cluster_env(self.storage, self.db_url, TEMP_ROOT))
+        self.env = dict(os.environ)
         self.dashboard_port = free_port()
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "temp_dir": f"{TEMP_ROOT}/ray",
@@ -101,14 +161,6 @@ class SimCluster:
     def address(self) -> str:
         return self.cluster.address
 
-    def _dashboard_up(self) -> bool:
-        import requests
-
-        try:
-            return requests.get(f"{self.dashboard}/api/version", timeout=2).ok
-        except requests.RequestException:
-            return False
-
     def add_worker(self, **resources):
         node = self.cluster.add_node(
             num_cpus=1, temp_dir=f"{TEMP_ROOT}/ray",
@@ -122,23 +174,6 @@ class SimCluster:
         node = next(n for n in self.workers if n.node_id == node_id)
         self.workers.remove(node)
         self.cluster.remove_node(node, allow_graceful=False)
-
-    def alive_nodes(self) -> dict[str, dict]:
-        import ray
-
-        return {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
-
-    def metrics_url(self, node_id: str) -> str:
-        return f"http://127.0.0.1:{self.alive_nodes()[node_id]['MetricsExportPort']}/metrics"
-
-    def actors(self, class_name: str) -> list[dict]:
-        """Alive actors whose class name contains `class_name`, with their node ids."""
-        from ray.util.state import list_actors
-
-        found = list_actors(address=self.dashboard, filters=[("state", "=", "ALIVE")],
-                            limit=10_000, raise_on_missing_output=False)
-        return [{"node_id": a.node_id, "name": a.name, "class_name": a.class_name,
-                 "pid": a.pid} for a in found if class_name in a.class_name]
 
     def shutdown(self) -> None:
         import ray
@@ -154,8 +189,9 @@ class SimCluster:
             self.cluster.shutdown()
         finally:
             # Leftovers (a trainer's driver, dashboard modules): only processes that carry
-            # this cluster's temp dir on their command line, and their children.
-            kill_processes_marked(TEMP_ROOT)
+            # this cluster's temp dir on their command line, and their children (with the
+            # slash: /tmp/rnc-12 must not match another process's /tmp/rnc-123).
+            kill_processes_marked(f"{TEMP_ROOT}/")
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -292,12 +328,15 @@ def train_and_lose_a_node(cluster: SimCluster, registry, corpus: str, name: str,
 
 # ---- serving -------------------------------------------------------------------------------
 def cluster_serve_config(port: int, generator_replicas: int = 2,
-                         proxy_location: str = "EveryNode") -> dict:
+                         proxy_location: str = "EveryNode",
+                         generator_autoscaling: dict | None = None) -> dict:
     """serve_config.yaml, changed for the simulated cluster: the HTTP port; Generator replicas
     spread one per node; the Ingress (2 replicas) on the head, as cluster.yaml places it (the
     head carries a custom resource `ingress` for it); a small Generator queue bound
     (max_ongoing_requests) so the router spreads one model's requests over both replicas; the
-    per-client rate limit off (every simulated client comes from one address)."""
+    per-client rate limit off (every simulated client comes from one address).
+    `generator_autoscaling`, if given, replaces the Generator's fixed replica count: Serve then
+    scales it (one replica per node, so each replica added needs a node)."""
     import yaml
 
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
@@ -310,8 +349,12 @@ def cluster_serve_config(port: int, generator_replicas: int = 2,
         "num_cpus": 0, "resources": {"ingress": 1}})
     generator = deployments["Generator"]
     generator.pop("autoscaling_config", None)
-    generator.update(num_replicas=generator_replicas, max_replicas_per_node=1,
-                     max_ongoing_requests=4, health_check_period_s=1, health_check_timeout_s=5)
+    generator.update(max_replicas_per_node=1, max_ongoing_requests=4, health_check_period_s=1,
+                     health_check_timeout_s=5)
+    if generator_autoscaling:
+        generator["autoscaling_config"] = generator_autoscaling
+    else:
+        generator["num_replicas"] = generator_replicas
     classifier = deployments["Classifier"]
     classifier.pop("autoscaling_config", None)
     classifier.update(num_replicas=1)
@@ -487,6 +530,13 @@ def node_loss_under_load(cluster: SimCluster, url: str, model: str, *, clients: 
     return {"t0": t0, "t_kill": t_kill, "t_removed": t_removed, "t_added": t_added,
             "t_back": back, "t_end": t_end, "victim": victim, "outcomes": outcomes,
             "timeline": timeline, "ingress_errors": ingress_errors()}
+
+
+def registry_lock_errors(cluster: ClusterView, outcomes: list[Outcome]) -> list[str]:
+    """Every mention of SQLite's "database is locked" in any log of any node of the cluster
+    (replicas, training workers, job drivers) and in any answer the clients got."""
+    text = "database is locked"
+    return cluster.log_lines_with(text) + [o.detail for o in outcomes if text in o.detail]
 
 
 def summarize_loss(result: dict) -> dict:

@@ -21,6 +21,7 @@ from tests.cluster.simcluster import (
     deploy,
     free_port,
     node_loss_under_load,
+    registry_lock_errors,
     running,
     serve_shutdown,
     start_trainer,
@@ -180,3 +181,12 @@ def test_no_non_streaming_request_fails_when_a_generator_node_is_lost(node_loss)
     summary = node_loss["summary"]
     assert summary["non_streaming"]["connection"] == 0, summary  # the proxy survived
     assert summary["non_streaming"]["http"] == 0, summary
+
+
+def test_no_database_is_locked_on_any_node_through_the_node_loss(cluster, node_loss):
+    """Issue 15, item 6, SQLite: the registry is one SQLite file on the shared storage, read by
+    Generator replicas on both worker nodes (and the spare) and the Ingress on the head while
+    10 clients load them, and written by the training runs of this session from their worker
+    nodes. No log line of any process and no answer mentions SQLite's lock error.
+    (PostgreSQL: tests/autoscaler.)"""
+    assert registry_lock_errors(cluster, node_loss["result"]["outcomes"]) == []
