@@ -4,12 +4,14 @@
 
 By default the users target every ready model that `GET /models` lists (char-RNNs for
 generation, classifiers for prediction); `RNNSERVE_MODELS=a,b` narrows that. Streamed
-generation reads each stream to its end and reports the time to the first chunk as its own
-entry ("TTFC stream").
+generation (native, and OpenAI's `/v1/completions` as Server-Sent Events) reads each stream to
+its end and reports the time to the first chunk as its own entry. Name user classes after the
+file to run only those (`... locustfile.py StreamUser` or `OpenAIStreamUser`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -95,6 +97,45 @@ class StreamUser(HttpUser):
                 response.failure(f"stream ended after {received} characters")
         if first_chunk_ms is not None:
             events.request.fire(request_type="TTFC", name="stream first chunk",
+                                response_time=first_chunk_ms, response_length=0,
+                                exception=None, context={})
+
+
+class OpenAIStreamUser(HttpUser):
+    """OpenAI completions streamed as Server-Sent Events (`/v1/completions`, `stream: true`),
+    read to `data: [DONE]`; the same engine as StreamUser behind another protocol."""
+
+    wait_time = between(0.1, 0.5)
+    weight = 2
+
+    @task
+    def complete(self):
+        name = pick_model(self.client, "charrnn")
+        if name is None:
+            return
+        started, first_chunk_ms, received, done = time.perf_counter(), None, 0, False
+        body = {"model": name, "prompt": "The ", "max_tokens": GENERATE_LENGTH,
+                "temperature": 0.8, "stream": True}
+        with self.client.post("/v1/completions", name="/v1/completions stream", json=body,
+                              stream=True, catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"{response.status_code}")
+                return
+            for line in response.iter_lines(decode_unicode=True):
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    done = True
+                    break
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                text = choices[0].get("text", "")
+                if text and first_chunk_ms is None:
+                    first_chunk_ms = (time.perf_counter() - started) * 1000
+                received += len(text)
+            if not done or received != GENERATE_LENGTH:
+                response.failure(f"stream ended after {received} characters (done: {done})")
+        if first_chunk_ms is not None:
+            events.request.fire(request_type="TTFC", name="/v1 stream first chunk",
                                 response_time=first_chunk_ms, response_length=0,
                                 exception=None, context={})
 
