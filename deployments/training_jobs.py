@@ -29,6 +29,10 @@ logger = logging.getLogger("ray.serve")
 # Ray job status -> the version status it implies once the job has ended.
 ENDED = {"FAILED": "failed", "STOPPED": "cancelled", "SUCCEEDED": "failed"}
 NEVER_SUBMITTED_AFTER_S = 600.0  # submitting takes seconds; this is a server that went away
+# A custom resource that nodes able to host training drivers declare (cluster.yaml's serving
+# nodes do): a driver placed there outlives a head restart, which ends every process on the
+# head. Without such a node (`make run`, one machine) drivers run on the head, Ray's default.
+DRIVER_RESOURCE = "training_driver"
 
 
 class TrainingJobs:
@@ -108,7 +112,8 @@ class TrainingJobs:
         if run.log_every_n < limits.min_log_every_n:
             raise ApiError(400, f"log_every_n must be >= {limits.min_log_every_n} "
                                 "(limits.min_log_every_n)")
-        if run.use_gpu and not limits.gpus_on_demand and not await asyncio.to_thread(_has_gpus):
+        if (run.use_gpu and not limits.gpus_on_demand
+                and not await asyncio.to_thread(_cluster_has, "GPU")):
             raise ApiError(400, "use_gpu: this cluster has no GPU and cannot add one "
                                 "(limits.gpus_on_demand)")
         active = [(r.name, r.version)
@@ -138,6 +143,7 @@ class TrainingJobs:
             submission_id=job_id,
             runtime_env={"env_vars": self.settings.to_env()},
             metadata={"rnnserve_model": record.name, "rnnserve_version": str(record.version)},
+            entrypoint_resources={DRIVER_RESOURCE: 1} if _cluster_has(DRIVER_RESOURCE) else None,
         )
         return job_id
 
@@ -226,7 +232,9 @@ def _age_s(record: VersionRecord) -> float:
     return (datetime.now(UTC) - created).total_seconds()
 
 
-def _has_gpus() -> bool:
+def _cluster_has(resource: str) -> bool:
+    """Whether a node of the cluster (alive now) declares `resource`."""
     import ray
 
-    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    return ray.is_initialized() and ray.cluster_resources().get(resource, 0) > 0
+

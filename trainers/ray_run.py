@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 
 from models.artifacts import HISTORY_FILE, write_json
 from registry import ArtifactStore
@@ -16,6 +17,7 @@ from trainers.training_job import Score, TrainingJob, TrainingParams, UserError
 
 TRAINING_ONLY = (OPTIMIZER_FILE, STATE_FILE)  # checkpoint files a version does not need
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+LOST_CONTROLLER_ATTEMPTS, LOST_CONTROLLER_WAIT_S = 3, 10.0
 
 
 def run_name(job: TrainingJob) -> str:
@@ -62,8 +64,8 @@ def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: Train
     # driver's environment), then counts a controller failure; by default it would retry
     # those forever, so a run asking for what the cluster cannot give would never end.
     os.environ[START_TIMEOUT_ENV] = str(run.start_timeout_s)
-    trainer = TensorflowTrainer(
-        _run_worker,
+    make_trainer = partial(
+        TensorflowTrainer, _run_worker,
         train_loop_config={"worker": worker, "payload": payload},
         scaling_config=ScalingConfig(num_workers=run.num_workers, use_gpu=run.use_gpu,
                                      resources_per_worker=resources),
@@ -79,7 +81,7 @@ def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: Train
         ),
     )
     try:
-        result = trainer.fit()
+        result = _fit_resuming(make_trainer, job.log)
     except ControllerError as error:
         # By name: Ray exports this error class only from a private module.
         if type(error.controller_failure).__name__ != "WorkerGroupStartupTimeoutError":
@@ -103,6 +105,25 @@ def fit(worker: Callable[[WorkerPayload], None], job: TrainingJob, params: Train
             else:
                 shutil.copy2(source, target)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def _fit_resuming(make_trainer: Callable, log: Callable[[str], None]):
+    """`make_trainer().fit()`, again when the driver lost its run's controller: a head restart
+    makes the actors of a driver on a worker node unreachable for a while. The new trainer has
+    the same run name and storage, so Ray Train resumes from the run's latest checkpoint."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    for attempt in range(1, LOST_CONTROLLER_ATTEMPTS + 1):
+        try:
+            return make_trainer().fit()
+        except (ActorDiedError, ActorUnavailableError) as error:
+            if attempt == LOST_CONTROLLER_ATTEMPTS:
+                raise
+            log(f"lost the run's controller ({type(error).__name__}): resuming from the latest "
+                f"checkpoint in {LOST_CONTROLLER_WAIT_S:g} s (attempt {attempt + 1} of "
+                f"{LOST_CONTROLLER_ATTEMPTS})")
+            time.sleep(LOST_CONTROLLER_WAIT_S)
+    raise AssertionError("unreachable")
 
 
 def _not_scheduled(run, resources: dict) -> str:

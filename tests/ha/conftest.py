@@ -11,6 +11,7 @@ descendants), the restarted GCS and the Redis it started; never `ray stop`.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -27,6 +28,8 @@ if os.environ.get("RNNSERVE_HA_TESTS") != "1":
     collect_ignore_glob = ["test_*.py"]
 
 TEMP_DIR = f"/tmp/rnnserve-ha-{os.getpid()}"  # this session's Ray files (short: socket paths)
+# A worker node's own (not a prefix of TEMP_DIR's name: a head's crash kills TEMP_DIR's only).
+WORKER_TEMP_DIR = f"/tmp/rnnserve-hw-{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,20 @@ def kill_own_ray() -> None:
     kill_processes_marked(TEMP_DIR)
 
 
+def start_worker(head: dict, num_cpus: int, resources: dict) -> None:
+    """A worker node on this machine joined to `head`, with files in WORKER_TEMP_DIR; it waits
+    up to 300 s for a restarting GCS, as cluster.yaml's worker nodes do."""
+    agent_ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "node-manager-port", "object-manager-port", "metrics-export-port")]
+    subprocess.run(
+        [str(BIN / "ray"), "start", "--address", head["address"], "--node-ip-address",
+         "127.0.0.1", "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
+         *agent_ports, "--temp-dir", WORKER_TEMP_DIR, "--disable-usage-stats"],
+        check=True, env={**head["env"], "RAY_gcs_rpc_server_reconnect_timeout_s": "300"},
+        cwd=REPO, capture_output=True)
+
+
 def start_head(tmp_path_factory, redis: dict | None):
     """`ray start --head` on fresh loopback ports in TEMP_DIR, with GCS fault tolerance on
     `redis` if given; the registry and artifacts in a new temp dir (also set in this process's
@@ -118,7 +135,9 @@ def start_head(tmp_path_factory, redis: dict | None):
                "storage": storage, "command": command}
     finally:
         kill_own_ray()
+        kill_processes_marked(WORKER_TEMP_DIR)
         shutil.rmtree(TEMP_DIR, ignore_errors=True)
+        shutil.rmtree(WORKER_TEMP_DIR, ignore_errors=True)
 
 
 def deploy_app(head: dict, tmp_path_factory) -> str:
