@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from tests.cluster.simcluster import REPO, ClusterView, cluster_env, free_port, wait_until
@@ -26,7 +27,6 @@ HEAD_TYPE = "ray.head.default"  # the fake provider tags its head with this type
 # vCPUs, GPUs and GiB of memory of the instance types cluster.yaml names (AWS's figures): the
 # autoscaler on AWS reads them from the instance type; the fake provider must be told.
 INSTANCE_TYPES = {"m6i.2xlarge": (8, 0, 32), "c6i.2xlarge": (8, 0, 16), "g5.xlarge": (4, 1, 16)}
-GPU_TYPES = ("gpu_trainer", "gpu_server")
 # A label naming each node's type: the autoscaler hands a type's labels to the nodes it
 # launches. (Ray's own `ray.io/node-group` label is set from the environment of the process
 # that starts the node: the fake provider starts them all from the autoscaler's process.)
@@ -58,6 +58,15 @@ def fake_node_types(cluster_yaml: Path = REPO / "cluster.yaml", max_per_type: in
                        "min_workers": 0,
                        "max_workers": min(spec.get("max_workers", 1), max_per_type)}
     return types
+
+
+def types_with(resource: str) -> tuple[str, ...]:
+    """Names of cluster.yaml's worker node types that have `resource`."""
+    return tuple(name for name, spec in fake_node_types().items() if resource in spec["resources"])
+
+
+GPU_TYPES = types_with("GPU")  # gpu_trainer, gpu_server
+SERVER_TYPES = types_with("server")  # cluster.yaml's serving types: cpu_server, gpu_server
 
 
 def autoscaler_config(gcs_address: str, head_resources: dict, idle_timeout_s: float,
@@ -106,32 +115,43 @@ class AutoscalingSimCluster(ClusterView):
                  head_resources: dict | None = None, max_workers: int = 3):
         import ray
 
-        from tests.conftest import start_ray_head
-
         self.storage, self.db_url = Path(storage), db_url
         self.idle_timeout_s = idle_timeout_s
-        head_resources = head_resources or {}
         os.makedirs(TEMP_ROOT, exist_ok=True)
         self.env = {**os.environ, **cluster_env(self.storage, db_url, TEMP_ROOT),
                     "RAY_FAKE_CLUSTER": "1",
                     "AUTOSCALER_UPDATE_INTERVAL_S": "1",  # Ray's default: 5 s between decisions
                     # the autoscaler's own metrics port (default 44217, maybe another's)
                     "AUTOSCALER_METRIC_PORT": str(free_port())}
-        gcs_port = free_port()
-        config_path = Path(TEMP_ROOT, "autoscaler.json")
-        config_path.write_text(json.dumps(autoscaler_config(
-            f"127.0.0.1:{gcs_port}", head_resources, idle_timeout_s, max_workers)))
+        for attempt in (1, 2):
+            try:
+                self._start_head(head_resources or {}, max_workers)
+                break
+            except subprocess.CalledProcessError:
+                # On an overloaded machine the head's raylet can give up waiting for its
+                # dashboard agent and exit, failing `ray start`: once more, on fresh ports.
+                kill_processes_marked(f"{TEMP_ROOT}/")
+                if attempt == 2:
+                    raise
         try:
-            info = start_ray_head(self.env, temp_dir=f"{TEMP_ROOT}/ray", num_cpus=0,
-                                  gcs_port=gcs_port, extra_args=(
-                                      f"--autoscaling-config={config_path}",
-                                      f"--resources={json.dumps(head_resources)}"))
-            self.address, self.dashboard = info["address"], info["dashboard"]
             ray.init(address=self.address, log_to_driver=False)
             wait_until(self._dashboard_up, 60, what="the dashboard")
         except BaseException:
             self.shutdown()
             raise
+
+    def _start_head(self, head_resources: dict, max_workers: int) -> None:
+        from tests.conftest import start_ray_head
+
+        gcs_port = free_port()
+        config_path = Path(TEMP_ROOT, "autoscaler.json")
+        config_path.write_text(json.dumps(autoscaler_config(
+            f"127.0.0.1:{gcs_port}", head_resources, self.idle_timeout_s, max_workers)))
+        info = start_ray_head(self.env, temp_dir=f"{TEMP_ROOT}/ray", num_cpus=0,
+                              gcs_port=gcs_port, extra_args=(
+                                  f"--autoscaling-config={config_path}",
+                                  f"--resources={json.dumps(head_resources)}"))
+        self.address, self.dashboard = info["address"], info["dashboard"]
 
     def workers_by_type(self) -> dict[str, list[str]]:
         """Alive worker node ids by node type."""

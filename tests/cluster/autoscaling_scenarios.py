@@ -14,7 +14,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from tests.cluster.autoscaling_cluster import GPU_TYPES, TYPE_LABEL, AutoscalingSimCluster
+from tests.cluster.autoscaling_cluster import (
+    GPU_TYPES,
+    SERVER_TYPES,
+    TYPE_LABEL,
+    AutoscalingSimCluster,
+)
 from tests.cluster.simcluster import (
     REPO,
     TINY_MODEL,
@@ -30,14 +35,14 @@ from tests.cluster.simcluster import (
 )
 from tests.conftest import BIN
 
-SERVER_TYPES = ("cpu_server", "gpu_server")
 TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 @dataclass
 class Timeline:
-    """Worker nodes alive by type and (if `count_replicas`) Generator replicas running,
-    sampled every `interval` s in a thread while the scenario runs."""
+    """Worker nodes alive by type and (if `count_replicas`) Generator replicas, running and in
+    any state (starting, running, stopping: Serve's decision shows first there), sampled
+    every `interval` s in a thread while the scenario runs."""
 
     cluster: AutoscalingSimCluster
     count_replicas: bool = False
@@ -58,13 +63,19 @@ class Timeline:
         while not self._stop.is_set():
             try:
                 nodes = self.cluster.worker_counts()
-                replicas = running("Generator") if self.count_replicas else None
+                states = replica_states("Generator") if self.count_replicas else {}
             except Exception:  # noqa: BLE001 - one missed sample (a busy GCS) is no failure
-                nodes, replicas = None, None
+                nodes = None
             if nodes is not None:
                 self.samples.append({"t": time.monotonic(), "nodes": nodes,
-                                     "generator_replicas": replicas})
+                                     "generator_replicas": states.get("RUNNING", 0),
+                                     "generator_replicas_any_state": sum(states.values())})
             self._stop.wait(self.interval)
+
+    def latest_nodes(self, types: tuple[str, ...]) -> int | None:
+        """Worker nodes of these types in the latest sample (what a scenario waits on, so the
+        moment it sees is in the timeline too)."""
+        return count_of(types, self.samples[-1]["nodes"]) if self.samples else None
 
     def first(self, predicate, after: float = 0.0) -> float | None:
         """Monotonic time of the first sample at or after `after` for which predicate(sample)
@@ -93,8 +104,10 @@ class GpuTrainingRun:
     worker_node: str  # node id of the Ray Train worker
     worker_node_type: str
     worker_node_resources: dict
+    worker_group_wait_s: float | None  # from its GPU request to its node up and placed
     submitted_at: float
     gpu_node_up_at: float | None
+    worker_ended_at: float | None  # the GPU released: the node's idle time starts
     job_ended_at: float
     gpu_node_gone_at: float | None
     timeline: Timeline
@@ -102,10 +115,27 @@ class GpuTrainingRun:
     def figures(self) -> dict:
         t0 = self.submitted_at
         return {"job_status": self.status, "worker_node_type": self.worker_node_type,
-                "gpu_node_launched_after_s": since(t0, self.gpu_node_up_at),
-                "job_ended_after_s": since(t0, self.job_ended_at),
-                "gpu_node_removed_after_job_end_s": since(self.job_ended_at,
-                                                          self.gpu_node_gone_at)}
+                "worker_group_waited_for_its_gpu_node_s": self.worker_group_wait_s,
+                "gpu_node_up_after_submit_s": since(t0, self.gpu_node_up_at),
+                "worker_ended_after_submit_s": since(t0, self.worker_ended_at),
+                "job_ended_after_submit_s": since(t0, self.job_ended_at),
+                "gpu_node_removed_after_worker_end_s": since(self.worker_ended_at,
+                                                             self.gpu_node_gone_at)}
+
+
+def placement_wait_s(cluster: AutoscalingSimCluster, resource: str) -> float | None:
+    """How long the latest placed placement group that asks for `resource` waited, by Ray's own
+    count (from its creation request to every bundle placed): for a group that needed a new
+    node, the autoscaler's decision, the launch and the node's start. (Ray Train places its
+    worker group so.)"""
+    from ray.util.state import list_placement_groups
+
+    waits = [int(g.stats["end_to_end_creation_latency_us"]) / 1e6
+             for g in list_placement_groups(address=cluster.dashboard, detail=True, limit=1000,
+                                            raise_on_missing_output=False)
+             if g.stats and int(g.stats.get("end_to_end_creation_latency_us") or 0)
+             and any(resource in b.get("unit_resources", {}) for b in g.bundles or [])]
+    return round(waits[-1], 2) if waits else None
 
 
 def submit_job(cluster: AutoscalingSimCluster, job_id: str, *entrypoint: str) -> None:
@@ -125,6 +155,7 @@ def train_on_a_gpu_node(cluster: AutoscalingSimCluster, corpus: str, name: str, 
 
     client = JobSubmissionClient(cluster.dashboard)
     job_id = f"gpu-train-{name}-{uuid.uuid4().hex[:6]}"
+
     def gpu_nodes(sample: dict) -> int:
         return count_of(GPU_TYPES, sample["nodes"])
 
@@ -142,12 +173,20 @@ def train_on_a_gpu_node(cluster: AutoscalingSimCluster, corpus: str, name: str, 
 
         worker = wait_until(worker_or_end, timeout / 2, interval=1, what="a Ray Train worker")[0]
         node = cluster.alive_nodes().get(worker["node_id"], {}) if worker else {}
-        status = wait_until(lambda: (s := client.get_job_status(job_id).value)
-                            in TERMINAL_JOB_STATES and s, timeout, interval=1,
-                            what=f"job {job_id} to end")
+        group_wait_s = placement_wait_s(cluster, "GPU")
+        worker_ended_at = None
+
+        def job_end():
+            nonlocal worker_ended_at
+            if worker_ended_at is None and not train_workers(cluster):
+                worker_ended_at = time.monotonic()
+            status = client.get_job_status(job_id).value
+            return status in TERMINAL_JOB_STATES and status
+
+        status = wait_until(job_end, timeout, interval=1, what=f"job {job_id} to end")
         job_ended_at = time.monotonic()
         try:
-            wait_until(lambda: not count_of(GPU_TYPES, cluster.worker_counts()),
+            wait_until(lambda: timeline.latest_nodes(GPU_TYPES) == 0,
                        cluster.idle_timeout_s + 120, interval=1, what="the GPU node removed")
         except TimeoutError:
             pass  # gpu_node_gone_at stays None: the test says so
@@ -156,9 +195,11 @@ def train_on_a_gpu_node(cluster: AutoscalingSimCluster, corpus: str, name: str, 
         worker_node=worker["node_id"] if worker else "",
         worker_node_type=node.get("Labels", {}).get(TYPE_LABEL, ""),
         worker_node_resources=node.get("Resources", {}),
-        submitted_at=submitted_at, gpu_node_up_at=timeline.first(gpu_nodes, submitted_at),
-        job_ended_at=job_ended_at,
-        gpu_node_gone_at=timeline.first(lambda s: not gpu_nodes(s), job_ended_at),
+        worker_group_wait_s=group_wait_s, submitted_at=submitted_at,
+        gpu_node_up_at=timeline.first(gpu_nodes, submitted_at),
+        worker_ended_at=worker_ended_at, job_ended_at=job_ended_at,
+        gpu_node_gone_at=timeline.first(lambda s: not gpu_nodes(s),
+                                        worker_ended_at or job_ended_at),
         timeline=timeline)
 
 
@@ -193,10 +234,11 @@ def deploy_scaling_app(cluster: AutoscalingSimCluster, model: str, tmp_dir) -> s
 @dataclass
 class ScaleRun:
     load_started_at: float
+    replica_added_at: float | None  # Serve's decision: a second replica, starting
     second_node_up_at: float | None
-    two_replicas_at: float | None
+    two_replicas_at: float | None  # both running
     load_ended_at: float
-    one_replica_at: float | None
+    one_replica_at: float | None  # the second replica gone: its node's idle time starts
     second_node_gone_at: float | None
     outcomes: list[Outcome]
     timeline: Timeline
@@ -205,11 +247,14 @@ class ScaleRun:
         t0, t_end = self.load_started_at, self.load_ended_at
         return {"requests": len(self.outcomes),
                 "failed": sum(1 for o in self.outcomes if o.kind != "ok"),
-                "server_node_launched_after_s": since(t0, self.second_node_up_at),
-                "two_replicas_running_after_s": since(t0, self.two_replicas_at),
+                "replica_added_after_load_start_s": since(t0, self.replica_added_at),
+                "serving_node_up_after_replica_added_s": since(self.replica_added_at,
+                                                               self.second_node_up_at),
+                "two_replicas_running_after_load_start_s": since(t0, self.two_replicas_at),
                 "load_s": round(t_end - t0, 1),
-                "back_to_one_replica_after_load_s": since(t_end, self.one_replica_at),
-                "server_node_removed_after_load_s": since(t_end, self.second_node_gone_at)}
+                "one_replica_after_load_end_s": since(t_end, self.one_replica_at),
+                "serving_node_removed_after_its_replica_s": since(self.one_replica_at,
+                                                                  self.second_node_gone_at)}
 
 
 def serve_past_the_target(cluster: AutoscalingSimCluster, url: str, model: str, *,
@@ -235,7 +280,7 @@ def serve_past_the_target(cluster: AutoscalingSimCluster, url: str, model: str, 
             outcomes = load.stop()
         ended = time.monotonic()
         for condition, what in ((settled, "one Generator replica"),
-                                (lambda: count_of(SERVER_TYPES, cluster.worker_counts()) == 1,
+                                (lambda: timeline.latest_nodes(SERVER_TYPES) == 1,
                                  "one serving node")):
             try:
                 wait_until(condition, cluster.idle_timeout_s + timeout / 2, interval=0.5,
@@ -244,9 +289,11 @@ def serve_past_the_target(cluster: AutoscalingSimCluster, url: str, model: str, 
                 break  # the matching time stays None: the test says so
     return ScaleRun(
         load_started_at=started,
+        replica_added_at=timeline.first(lambda s: s["generator_replicas_any_state"] >= 2,
+                                        started),
         second_node_up_at=timeline.first(lambda s: server_nodes(s) >= 2, started),
-        two_replicas_at=timeline.first(lambda s: (s["generator_replicas"] or 0) >= 2, started),
+        two_replicas_at=timeline.first(lambda s: s["generator_replicas"] >= 2, started),
         load_ended_at=ended,
-        one_replica_at=timeline.first(lambda s: s["generator_replicas"] == 1, ended),
+        one_replica_at=timeline.first(lambda s: s["generator_replicas_any_state"] == 1, ended),
         second_node_gone_at=timeline.first(lambda s: server_nodes(s) <= 1, ended),
         outcomes=outcomes, timeline=timeline)
