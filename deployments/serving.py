@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError
+from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import ApiError, Overloaded
 from deployments.limits import Limits
@@ -51,6 +52,8 @@ class ServingRoutes:
 
     registry: Registry
     limits: Limits
+    generator: DeploymentHandle  # of the Generator deployment
+    classifier: DeploymentHandle  # of the Classifier deployment
 
     def _servable(self, name: str, version: int | None, kind: str) -> tuple[VersionRecord, str]:
         """The ready version to serve (None: production) and its model id. Blocking: call it
