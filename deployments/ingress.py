@@ -3,7 +3,9 @@
 The ingress owns no model: it validates input, talks to the registry and the job client, and
 routes generation/prediction to the Generator/Classifier deployments with the version's
 multiplexed model id (`name:version@digest`, never reused), resolving the `production` alias
-here so a promotion takes effect at the next request without restarting a replica.
+here so a promotion takes effect at the next request without restarting a replica. The
+OpenAI, TF Serving and KServe routes are its base classes (deployments/protocols/), on the same
+code path (deployments/serving.py).
 """
 
 
