@@ -12,7 +12,8 @@ import openai
 import pytest
 import requests
 
-from tests.integration.api import generate
+from tests.conftest import wait_for
+from tests.integration.api import generate, metric_total
 from tests.integration.protocol_models import ready_charrnn, ready_classifier
 
 pytestmark = pytest.mark.integration
@@ -156,6 +157,24 @@ def test_errors_are_the_clients_typed_exceptions(client, url):
     too_large = requests.post(f"{url}/v1/completions", data=b"x" * (3 * 1024 * 1024),
                               headers={"content-type": "application/json"}, timeout=30)
     assert too_large.status_code == 413 and too_large.json()["error"]["message"]
+
+
+def test_a_client_that_leaves_a_stream_frees_every_slot_of_it(url, ray_cluster):
+    """Hang up an `n=3` stream after its first event: the engine retires all three sequences
+    as `cancelled` at a step boundary instead of sampling 10,000 characters each for nobody."""
+    def cancelled() -> float:
+        return metric_total(ray_cluster["metrics"], "rnnserve_requests_finished_total",
+                            model=f"{BARD}:1", reason="cancelled")
+
+    before = cancelled()
+    response = requests.post(f"{url}/v1/completions", stream=True, timeout=120,
+                             json={"model": BARD, "prompt": "KING", "max_tokens": 10_000,
+                                   "n": 3, "stream": True})
+    assert response.status_code == 200
+    assert next(response.iter_lines()).startswith(b"data: {")
+    response.close()  # unread body: the connection is dropped
+    wait_for(lambda: cancelled() >= before + 3, 60, interval=1,
+             what="the dropped stream's three sequences to be counted as cancelled")
 
 
 def _open_stream(url: str, source: str) -> http.client.HTTPResponse:
