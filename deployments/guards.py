@@ -82,6 +82,9 @@ def _route_class(method: str, path: str) -> str | None:
     return None
 
 
+KEY_HOLDERS = "key"  # the client of every request that carries the API key
+
+
 def client_of(scope, api_key: str | None) -> str:
     """The bucket's owner: holders of the configured API key share one bucket; everyone else
     is their address. Any other bearer token is ignored, or made-up tokens would each get a
@@ -90,7 +93,7 @@ def client_of(scope, api_key: str | None) -> str:
     if api_key:
         for name, value in scope.get("headers", []):
             if name == b"authorization" and check_bearer(api_key, value.decode("latin-1")):
-                return "key"
+                return KEY_HOLDERS
     client = scope.get("client")
     return "ip:" + (client[0] if client else "unknown")
 
@@ -143,18 +146,25 @@ class RequestGuards:
     def __init__(self, app, max_upload_bytes: int, limiters: dict[str, RateLimiter],
                  api_key: str | None = None, max_body_bytes: int = 1024 * 1024,
                  min_body_bytes_per_s: float = 0.0, body_grace_s: float = 10.0,
-                 max_in_flight: int = 0):
+                 max_in_flight: int = 0, inference_needs_key: bool = False):
         self.app, self.max_upload_bytes, self.limiters = app, max_upload_bytes, limiters
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.min_body_bytes_per_s, self.body_grace_s = min_body_bytes_per_s, body_grace_s
         self.max_in_flight = max_in_flight  # inference requests per client at once (0: any)
+        self.inference_needs_key = inference_needs_key and api_key is not None
         self.in_flight: dict[str, int] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route = _route_class(scope["method"], scope["path"])
+        if route == "inference" and self.inference_needs_key and client_of(
+                scope, self.api_key) != KEY_HOLDERS:
+            return await send_error(send, 401, "inference needs 'Authorization: Bearer "
+                                    "<RNNSERVE_API_KEY>' on this server",
+                                    {"WWW-Authenticate": "Bearer"}, scope["path"],
+                                    close=_large_body_pending(scope))
         limiter = self.limiters.get(route)
         if limiter is not None:
             wait = limiter.check(f"{route}:{client_of(scope, self.api_key)}")

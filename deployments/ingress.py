@@ -80,7 +80,8 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
                                 max_body_bytes=self.limits.max_body_bytes,
                                 min_body_bytes_per_s=self.limits.min_body_bytes_per_s,
                                 body_grace_s=self.limits.body_grace_s,
-                                max_in_flight=self.limits.max_in_flight_per_client)
+                                max_in_flight=self.limits.max_in_flight_per_client,
+                                inference_needs_key=self.limits.inference_needs_key)
         # Added last, so it runs first: a foreign host or origin costs nothing else.
         self.app.add_middleware(SameOriginGuard, allowed_hosts=self.limits.allowed_hosts)
         return self.app
@@ -104,8 +105,11 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
-        """Liveness, and whether writes (uploads, promote, cancel, delete) need the API key."""
-        return {"status": "ok", "writes_need_key": self.settings.api_key is not None}
+        """Liveness, and whether writes (uploads, promote, cancel, delete) and inference need
+        the API key."""
+        return {"status": "ok", "writes_need_key": self.settings.api_key is not None,
+                "inference_needs_key": self.settings.api_key is not None
+                and self.limits.inference_needs_key}
 
     # ---- models ---------------------------------------------------------------------------
     @app.post("/models", status_code=202)

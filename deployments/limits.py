@@ -31,6 +31,9 @@ class Limits:
     max_in_flight_per_client: int = param(32, "generate/predict requests one client may have "
                                           "in flight at once, streams until they end "
                                           "(0: no limit)", 0)
+    inference_needs_key: bool = param(False, "generate/predict and the protocols' inference "
+                                      "routes need the API key too (when RNNSERVE_API_KEY is "
+                                      "set; reads stay open)")
     uploads_per_minute: float = param(10.0, "uploads per client per minute (0: no limit)...", 0)
     upload_burst: float = param(5.0, "...with bursts up to this many", 1)
 

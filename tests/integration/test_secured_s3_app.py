@@ -63,6 +63,7 @@ def bucket_keys(endpoint: str) -> list[str]:
 def test_the_app_says_whether_writes_need_a_key(secured, serve_app):
     assert requests.get(f"{secured}/healthz", timeout=10).json()["writes_need_key"] is True
     assert requests.get(f"{serve_app}/healthz", timeout=10).json()["writes_need_key"] is False
+    assert requests.get(f"{secured}/healthz", timeout=10).json()["inference_needs_key"] is False
 
 
 def test_writes_need_the_key_and_refusals_leave_nothing(secured, s3_endpoint, shakespeare):

@@ -299,3 +299,25 @@ def test_a_refused_body_closes_the_connection_and_costs_its_client_ten_requests(
     # A 429 whose body is large (or of unknown length) closes too: its body is not read.
     big = client.post("/models/m/generate", content=b"x" * 100_000)
     assert big.status_code == 429 and big.headers["connection"] == "close"
+
+
+def test_inference_needs_the_key_only_when_the_setting_says_so():
+    async def generate(request: Request):
+        return JSONResponse({"ok": True})
+
+    def client(needs_key: bool, api_key: str | None = "the-key") -> TestClient:
+        app = Starlette(routes=[Route("/models/m/generate", generate, methods=["POST"]),
+                                Route("/v1/completions", generate, methods=["POST"])])
+        app.add_middleware(RequestGuards, max_upload_bytes=1000, limiters={}, api_key=api_key,
+                           inference_needs_key=needs_key)
+        return TestClient(app)
+
+    assert client(False).post("/models/m/generate", json={}).status_code == 200  # as shipped
+    assert client(True, api_key=None).post("/models/m/generate", json={}).status_code == 200
+    guarded = client(True)
+    for path in ("/models/m/generate", "/v1/completions"):
+        refused = guarded.post(path, json={}, headers={"Authorization": "Bearer wrong"})
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        allowed = guarded.post(path, json={}, headers={"Authorization": "Bearer the-key"})
+        assert allowed.status_code == 200
+    assert "error" in guarded.post("/v1/completions", json={}).json()
