@@ -2,15 +2,17 @@
 from every node with PostgreSQL (item 6).
 
 Starting from no worker node: a `ray job submit` of the trainer with `--use_gpu` makes the
-autoscaler launch a GPU-type node, which is removed once idle; then the real Serve app (one
+autoscaler launch a GPU-type node for its worker (and a cpu_server node for its driver, as the
+app's uploads ask), which are removed once idle; then the real Serve app (one
 Generator replica per node, Serve autoscaling 1-2) under a load past its target makes Serve add
 a replica and the autoscaler a serving node, and both go after the load.
 """
 
 from __future__ import annotations
 
+from deployments.training_jobs import DRIVER_RESOURCE
 from tests.autoscaler.conftest import IDLE_TIMEOUT_S
-from tests.cluster.autoscaling_cluster import GPU_TYPES
+from tests.cluster.autoscaling_cluster import GPU_TYPES, types_with
 from tests.cluster.autoscaling_scenarios import (
     deploy_scaling_app,
     serve_past_the_target,
@@ -35,16 +37,22 @@ def test_a_gpu_job_launches_a_gpu_node_that_is_removed_when_idle(cluster, regist
     print("\ntraining on a GPU node:", run.figures())
     assert run.status == "SUCCEEDED", run.driver_log[-4000:]
     assert run.timeline.samples[0]["nodes"] == {}, "a worker node was up before the job"
-    # The Ray Train worker ran on a node the autoscaler launched for it, of a GPU type.
+    # The Ray Train worker ran on a node the autoscaler launched for it, of a GPU type; the
+    # driver on a node of the type that declares `training_driver` (as the app's uploads).
     assert run.worker_node_type in GPU_TYPES, (run.worker_node_type, run.worker_node_resources)
     assert run.worker_node_resources.get("GPU") == 1
     assert run.gpu_node_up_at is not None and run.worker_group_wait_s is not None
-    # The version is registered, and its training log came from the worker on that node.
+    assert run.driver_node_type in types_with(DRIVER_RESOURCE), run.driver_node_type
+    # Item 6: the driver (registering the version) and the worker (writing the training log)
+    # reached the PostgreSQL registry and the shared artifacts from their worker nodes.
     assert registry.get_version(MODEL, 1).status == "ready"
     assert max(logged_steps(registry.read_logs(MODEL, 1))) == 40
-    # Idle once its worker ended: removed after the idle timeout, back to no worker node.
+    # Each node idle once its work ended (the worker's, then the driver's): removed after the
+    # idle timeout, back to no worker node.
     assert run.gpu_node_gone_at is not None, "the idle GPU node was not removed"
     assert_removed_by_the_idle_timeout(run.gpu_node_gone_at - run.worker_ended_at)
+    assert run.all_nodes_gone_at is not None, "an idle worker node was not removed"
+    assert_removed_by_the_idle_timeout(run.all_nodes_gone_at - run.job_ended_at)
     assert run.timeline.samples[-1]["nodes"] == {}
 
 

@@ -7,6 +7,7 @@ time: `make test-autoscaler` asserts on it, `make bench-cluster` records and plo
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from tests.cluster.autoscaling_cluster import (
     SERVER_TYPES,
     TYPE_LABEL,
     AutoscalingSimCluster,
+    types_with,
 )
 from tests.cluster.simcluster import (
     REPO,
@@ -101,26 +103,31 @@ class GpuTrainingRun:
     job_id: str
     status: str
     driver_log: str
+    driver_node_type: str  # where the job's driver ran ("" if its node was gone already)
     worker_node: str  # node id of the Ray Train worker
     worker_node_type: str
     worker_node_resources: dict
     worker_group_wait_s: float | None  # from its GPU request to its node up and placed
     submitted_at: float
     gpu_node_up_at: float | None
-    worker_ended_at: float | None  # the GPU released: the node's idle time starts
-    job_ended_at: float
+    worker_ended_at: float | None  # the GPU released: the GPU node's idle time starts
+    job_ended_at: float  # the driver ended: its node's idle time starts
     gpu_node_gone_at: float | None
+    all_nodes_gone_at: float | None
     timeline: Timeline
 
     def figures(self) -> dict:
         t0 = self.submitted_at
-        return {"job_status": self.status, "worker_node_type": self.worker_node_type,
+        return {"job_status": self.status, "driver_node_type": self.driver_node_type,
+                "worker_node_type": self.worker_node_type,
                 "worker_group_waited_for_its_gpu_node_s": self.worker_group_wait_s,
                 "gpu_node_up_after_submit_s": since(t0, self.gpu_node_up_at),
                 "worker_ended_after_submit_s": since(t0, self.worker_ended_at),
                 "job_ended_after_submit_s": since(t0, self.job_ended_at),
                 "gpu_node_removed_after_worker_end_s": since(self.worker_ended_at,
-                                                             self.gpu_node_gone_at)}
+                                                             self.gpu_node_gone_at),
+                "last_node_removed_after_job_end_s": since(self.job_ended_at,
+                                                           self.all_nodes_gone_at)}
 
 
 def placement_wait_s(cluster: AutoscalingSimCluster, resource: str) -> float | None:
@@ -139,18 +146,24 @@ def placement_wait_s(cluster: AutoscalingSimCluster, resource: str) -> float | N
 
 
 def submit_job(cluster: AutoscalingSimCluster, job_id: str, *entrypoint: str) -> None:
-    """`ray job submit` as README's "Run on a cluster" does (the entrypoint finds the storage
-    and the registry in its node's environment, as on cluster.yaml's nodes)."""
+    """`ray job submit` as README's "Run on a cluster" does, with the driver where the app puts
+    an upload's: on a node with the `training_driver` resource if a node type declares it
+    (cluster.yaml's cpu_server), else on the head. The entrypoint finds the storage and the
+    registry in its node's environment, as on cluster.yaml's nodes."""
+    from deployments.training_jobs import DRIVER_RESOURCE
+
+    on_a_driver_node = (["--entrypoint-resources", json.dumps({DRIVER_RESOURCE: 1})]
+                        if types_with(DRIVER_RESOURCE) else [])
     subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster.dashboard,
-                    "--submission-id", job_id, "--no-wait", "--", *entrypoint],
-                   check=True, env=cluster.env, cwd=REPO, capture_output=True)
+                    "--submission-id", job_id, "--no-wait", *on_a_driver_node, "--",
+                    *entrypoint], check=True, env=cluster.env, cwd=REPO, capture_output=True)
 
 
 def train_on_a_gpu_node(cluster: AutoscalingSimCluster, corpus: str, name: str, *,
                         max_steps: int = 40, timeout: float = 600) -> GpuTrainingRun:
     """Submit `python -m trainers.charrnn --use_gpu` (one worker, a tiny model) to a cluster
-    with no GPU node; see where its worker runs, wait for the job to end and for the idle GPU
-    node to be removed."""
+    with no worker node; see where its driver and its worker run, wait for the job to end and
+    for the idle nodes to be removed."""
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(cluster.dashboard)
@@ -158,6 +171,9 @@ def train_on_a_gpu_node(cluster: AutoscalingSimCluster, corpus: str, name: str, 
 
     def gpu_nodes(sample: dict) -> int:
         return count_of(GPU_TYPES, sample["nodes"])
+
+    def type_of(node_id: str | None) -> str:
+        return cluster.alive_nodes().get(node_id, {}).get("Labels", {}).get(TYPE_LABEL, "")
 
     with Timeline(cluster) as timeline:
         submitted_at = time.monotonic()
@@ -174,6 +190,7 @@ def train_on_a_gpu_node(cluster: AutoscalingSimCluster, corpus: str, name: str, 
         worker = wait_until(worker_or_end, timeout / 2, interval=1, what="a Ray Train worker")[0]
         node = cluster.alive_nodes().get(worker["node_id"], {}) if worker else {}
         group_wait_s = placement_wait_s(cluster, "GPU")
+        driver_node_type = type_of(client.get_job_info(job_id).driver_node_id)
         worker_ended_at = None
 
         def job_end():
@@ -185,13 +202,16 @@ def train_on_a_gpu_node(cluster: AutoscalingSimCluster, corpus: str, name: str, 
 
         status = wait_until(job_end, timeout, interval=1, what=f"job {job_id} to end")
         job_ended_at = time.monotonic()
+        # Now: the job's log is served by its driver's node, which is about to be removed.
+        driver_log = client.get_job_logs(job_id)
         try:
-            wait_until(lambda: timeline.latest_nodes(GPU_TYPES) == 0,
-                       cluster.idle_timeout_s + 120, interval=1, what="the GPU node removed")
+            wait_until(lambda: timeline.samples and timeline.samples[-1]["nodes"] == {},
+                       cluster.idle_timeout_s + 120, interval=1, what="every node removed")
         except TimeoutError:
-            pass  # gpu_node_gone_at stays None: the test says so
+            pass  # the *_gone_at times stay None: the test says so
     return GpuTrainingRun(
-        job_id=job_id, status=status, driver_log=client.get_job_logs(job_id),
+        job_id=job_id, status=status, driver_log=driver_log,
+        driver_node_type=driver_node_type,
         worker_node=worker["node_id"] if worker else "",
         worker_node_type=node.get("Labels", {}).get(TYPE_LABEL, ""),
         worker_node_resources=node.get("Resources", {}),
@@ -200,6 +220,7 @@ def train_on_a_gpu_node(cluster: AutoscalingSimCluster, corpus: str, name: str, 
         worker_ended_at=worker_ended_at, job_ended_at=job_ended_at,
         gpu_node_gone_at=timeline.first(lambda s: not gpu_nodes(s),
                                         worker_ended_at or job_ended_at),
+        all_nodes_gone_at=timeline.first(lambda s: s["nodes"] == {}, job_ended_at),
         timeline=timeline)
 
 
