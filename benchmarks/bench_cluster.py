@@ -15,6 +15,9 @@ instances (own ports and temp dir) and the same helpers as `make test-cluster`.
    connection each; the node of one Generator replica dies. Figures: requests failed by kind,
    the longest request, time until two Generator replicas run again; a timeline of nodes,
    replicas, requests/s and failures (plot).
+3. The autoscaler, on a cluster of its own after the first is gone (benchmarks/
+   cluster_autoscaler.py): a GPU node launched for a `--use_gpu` job and removed when idle;
+   a serving node added for the replica Serve adds under load, and removed after it.
 
 Writes benchmarks/results/cluster.json and cluster.png.
 """
@@ -29,16 +32,18 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, SHARED_DATA
+from benchmarks import RESULTS, cluster_autoscaler
 from tests.cluster.simcluster import (
     TEMP_ROOT,
     Load,
     SimCluster,
     cluster_serve_config,
+    corpus_slice,
     deploy,
     free_port,
     node_loss_under_load,
     registry_for,
+    registry_lock_errors,
     running,
     summarize_loss,
     train_and_lose_a_node,
@@ -89,7 +94,10 @@ def plot(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = data["serving"]["series"]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    autoscaler = isinstance(data.get("autoscaler"), dict)
+    fig, axes = plt.subplots(4 if autoscaler else 2, 1, figsize=(9, 12 if autoscaler else 6))
+    top, bottom = axes[0], axes[1]
+    bottom.sharex(top)
     tl = s["timeline"]
     top.step([p["t"] for p in tl], [p["nodes"] for p in tl], where="post",
              label="nodes alive (as the GCS sees them)")
@@ -112,23 +120,24 @@ def plot(data: dict, path: Path) -> None:
                   f"failed: {ns['connection']} reset by the lost node's proxy,\n{ns['http']} "
                   f"answered 500 by a surviving one; two replicas running again after "
                   f"{summary['replicas_back_after_s']} s", fontsize=9)
+    if autoscaler:
+        cluster_autoscaler.plot(axes[2], axes[3], data["autoscaler"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rnc-bench-"))
-    corpus = work / "shakespeare-slice.txt"
-    corpus.write_text((SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000],
-                      encoding="utf-8")
+    corpus = corpus_slice(work)
     storage = work / "storage"
     storage.mkdir()
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]  # the machine is shared: how busy it was, for the record
     sim = SimCluster(storage, workers=2, head_resources={"ingress": 2})
     try:
         cluster_up_s = time.monotonic() - started
         registry = registry_for(sim)
-        run = train_and_lose_a_node(sim, registry, str(corpus), "survivor", max_steps=MAX_STEPS,
+        run = train_and_lose_a_node(sim, registry, corpus, "survivor", max_steps=MAX_STEPS,
                                     save_every_n=SAVE_EVERY, log_every_n=LOG_EVERY)
         if run.returncode != 0 or registry.get_version("survivor", 1).status != "ready":
             raise RuntimeError("training did not survive the node loss:\n" + run.output[-3000:])
@@ -165,14 +174,16 @@ def main() -> None:
                          "max_length": MAX_LENGTH, "fresh_connection_per_request": True},
                 "summary": summary,
                 "series": series(result),
+                # SQLite on the shared storage, read by replicas on every node under the load
+                "database_is_locked_mentions": len(registry_lock_errors(sim, result["outcomes"])),
             },
-            "autoscaler": "not measured: the fake multi-node autoscaler's head needs "
-                          "`ray stop --force`, which would end other Ray instances here",
-            "total_seconds": round(time.monotonic() - started, 1),
         }
     finally:
         sim.shutdown()
         shutil.rmtree(TEMP_ROOT, ignore_errors=True)  # this run's Ray files
+    data["autoscaler"] = cluster_autoscaler.measure(work, corpus)
+    data["total_seconds"] = round(time.monotonic() - started, 1)
+    data["load_average_1min"] = {"start": load_at_start, "end": os.getloadavg()[0]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cluster.json").write_text(json.dumps(data, indent=2) + "\n")
     plot(data, RESULTS / "cluster.png")
