@@ -1,6 +1,7 @@
 """Which step runner serves a model: the TensorFlow runner where TensorFlow sees a GPU, the
-NumPy runner otherwise. On a CPU the NumPy step is the faster one (no per-op dispatch; see
-BENCHMARKS.md, Sampling); on a GPU the TensorFlow step is what puts the work on the device."""
+NumPy runner otherwise. On a CPU the NumPy step is as fast or faster at serving batch sizes and
+compiles nothing at load (BENCHMARKS.md, Step runners); on a GPU the TensorFlow step is what
+puts the work on the device."""
 
 from __future__ import annotations
 

@@ -43,22 +43,22 @@ class TFStepRunner:
     def __init__(self, weights: StepWeights, jit_compile: bool | None = None):
         """`jit_compile` None: XLA on a GPU, where it fuses the ~10 elementwise gate ops per
         layer into one kernel; not on a CPU, where TF's own oneDNN matmuls measured faster than
-        XLA's at batch 8-64 (BENCHMARKS.md, Sampling)."""
+        XLA's at batch 8-64 (BENCHMARKS.md, Step runners)."""
         import tensorflow as tf
 
         use_full_float32_matmuls()  # the same text for a seed on a GPU replica as on a CPU one
         self.weights = weights
 
-        def constant(array, name):  # non-trainable: serving never updates them
+        def device_variable(array, name):  # non-trainable: serving never updates the weights
             return None if array is None else tf.Variable(array, trainable=False, name=name)
 
-        self.input_table = constant(weights.input_table, "input_table")
+        self.input_table = device_variable(weights.input_table, "input_table")
         self.layer_variables = [
-            [constant(getattr(layer, field), f"rnn_{index}_{field}")
+            [device_variable(getattr(layer, field), f"rnn_{index}_{field}")
              for field in ("kernel", "bias", "recurrent", "recurrent_bias")]
             for index, layer in enumerate(weights.layers)]
-        self.out_kernel = constant(weights.out_kernel, "out_kernel")
-        self.out_bias = constant(weights.out_bias, "out_bias")
+        self.out_kernel = device_variable(weights.out_kernel, "out_kernel")
+        self.out_bias = device_variable(weights.out_bias, "out_bias")
         self.device = short_device_name(self.input_table.device)
         self.jit_compile = self.device.startswith("GPU") if jit_compile is None else jit_compile
         # Columns of the state variable: layer 0's h (, c), layer 1's h (, c), ...
