@@ -32,7 +32,31 @@ def ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, _temp_dir=_job_node_temp_dir())
+
+
+def _job_node_temp_dir() -> str | None:
+    """For a job's driver, the temp dir of the node Ray placed the job on: it names that node
+    to `ray.init`. Where several nodes share a host (simulated clusters, several raylets on
+    one machine) `ray.init` would attach the driver to the head's raylet instead, and Ray
+    Train would put the run's controller on the head, where a head restart ends it. The
+    driver descends from its node's raylet (raylet -> job supervisor -> shell -> driver);
+    None outside a job or where /proc cannot be read."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return None
+    pid = os.getppid()
+    for _ in range(6):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if os.path.basename(args[0]) == "raylet":
+            return next((a.split("=", 1)[1] for a in args if a.startswith("--temp_dir=")), None)
+        pid = parent
+    return None
 
 
 def _run_worker(config: dict) -> None:
