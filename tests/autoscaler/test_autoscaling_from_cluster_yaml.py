@@ -82,3 +82,6 @@ def test_serve_load_adds_a_replica_and_a_node_and_both_go_after(cluster, registr
               if line.startswith("replica_rnnserve_Generator") and " loaded in " in line}
     assert len(loaded) == 2, loaded
     assert registry_lock_errors(cluster, run.outcomes) == []
+    # PostgreSQL's counterpart of SQLite's lock error: SQLAlchemy's OperationalError (a
+    # connection refused, lost or timed out, too many clients), in no log of any node.
+    assert cluster.log_lines_with("OperationalError") == []
