@@ -30,9 +30,27 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "rnnserve-test-key-id",
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: all bound at once, so the OS cannot hand one out twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_ray_start(command: list[str], env: dict) -> None:
+    """Run a `ray start`; on failure, fail with the end of what it printed."""
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} failed ({done.returncode}): "
+                           f"{(done.stdout + done.stderr)[-3000:]}")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,19 +73,19 @@ def start_ray_head(env: dict, temp_dir: str = TEMP_DIR, num_cpus: int = 4,
                    extra_args: tuple[str, ...] = (), gcs_port: int | None = None) -> dict:
     """`ray start --head` on fresh loopback ports (the GCS on `gcs_port` if given), its files
     under `temp_dir`; returns the addresses (and `env`). `extra_args` go to `ray start`."""
-    ports = {"gcs": gcs_port or free_port(), "dashboard": free_port(), "metrics": free_port()}
+    fresh = free_ports(9)
+    ports = {"gcs": gcs_port or fresh[0], "dashboard": fresh[1], "metrics": fresh[2]}
     # Every port on a fresh free one: with Ray's defaults a second cluster on the machine
     # (say `make run`) would hold the dashboard agent's port and job submission would fail.
-    agent_ports = [f"--{flag}={free_port()}" for flag in (
+    agent_ports = [f"--{flag}={port}" for flag, port in zip((
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "ray-client-server-port", "node-manager-port", "object-manager-port")]
-    subprocess.run(
+        "ray-client-server-port", "node-manager-port", "object-manager-port"), fresh[3:], strict=True)]
+    run_ray_start(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
          "--port", str(ports["gcs"]), "--num-cpus", str(num_cpus), "--include-dashboard", "true",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
          "--metrics-export-port", str(ports["metrics"]), *agent_ports,
-         "--temp-dir", temp_dir, "--disable-usage-stats", *extra_args],
-        check=True, env=env, cwd=REPO, capture_output=True)
+         "--temp-dir", temp_dir, "--disable-usage-stats", *extra_args], env)
     return {"address": f"127.0.0.1:{ports['gcs']}",
             "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
             "metrics": f"http://127.0.0.1:{ports['metrics']}/metrics", "env": env}

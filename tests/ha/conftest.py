@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, REPO, free_port, wait_for
+from tests.conftest import BIN, REPO, free_port, free_ports, run_ray_start, wait_for
 from tests.conftest import deploy_app as serve_deploy
 from tests.processes import kill_processes_marked, processes_marked
 
@@ -92,15 +92,15 @@ def kill_own_ray() -> None:
 def start_worker(head: dict, num_cpus: int, resources: dict) -> None:
     """A worker node on this machine joined to `head`, with files in WORKER_TEMP_DIR; it waits
     up to 300 s for a restarting GCS, as cluster.yaml's worker nodes do."""
-    agent_ports = [f"--{flag}={free_port()}" for flag in (
+    agent_ports = [f"--{flag}={port}" for flag, port in zip((
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "node-manager-port", "object-manager-port", "metrics-export-port")]
-    subprocess.run(
+        "node-manager-port", "object-manager-port", "metrics-export-port"), free_ports(6),
+        strict=True)]
+    run_ray_start(
         [str(BIN / "ray"), "start", "--address", head["address"], "--node-ip-address",
          "127.0.0.1", "--num-cpus", str(num_cpus), "--resources", json.dumps(resources),
          *agent_ports, "--temp-dir", WORKER_TEMP_DIR, "--disable-usage-stats"],
-        check=True, env={**head["env"], "RAY_gcs_rpc_server_reconnect_timeout_s": "300"},
-        cwd=REPO, capture_output=True)
+        {**head["env"], "RAY_gcs_rpc_server_reconnect_timeout_s": "300"})
 
 
 def start_head(tmp_path_factory, redis: dict | None):
@@ -118,17 +118,18 @@ def start_head(tmp_path_factory, redis: dict | None):
         env["RAY_REDIS_ADDRESS"] = redis["address"]
         redis_args = [f"--redis-password={redis['password']}"]
     os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL")})
-    ports = {"gcs": free_port(), "dashboard": free_port(), "metrics": free_port()}
-    agent_ports = [f"--{flag}={free_port()}" for flag in (
+    fresh = free_ports(9)
+    ports = {"gcs": fresh[0], "dashboard": fresh[1], "metrics": fresh[2]}
+    agent_ports = [f"--{flag}={port}" for flag, port in zip((
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-        "ray-client-server-port", "node-manager-port", "object-manager-port")]
+        "ray-client-server-port", "node-manager-port", "object-manager-port"), fresh[3:], strict=True)]
     command = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1",
                "--port", str(ports["gcs"]), "--num-cpus", "4", "--include-dashboard", "true",
                "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
                "--metrics-export-port", str(ports["metrics"]), *agent_ports, *redis_args,
                "--temp-dir", TEMP_DIR, "--disable-usage-stats"]
     try:
-        subprocess.run(command, check=True, env=env, cwd=REPO, capture_output=True)
+        run_ray_start(command, env)
         # `command` and `env` start the same head again (a head restart).
         yield {"address": f"127.0.0.1:{ports['gcs']}", "gcs_port": ports["gcs"],
                "dashboard": f"http://127.0.0.1:{ports['dashboard']}", "env": env,
