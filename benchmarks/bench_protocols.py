@@ -13,19 +13,14 @@ the same time, alternated for `--rounds`. Writes benchmarks/results/protocols.js
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from benchmarks import REPO, RESULTS, SHARED_DATA
+from loadtest.run_load import BIN, LENGTH, REPORTS, locust_stats
 
-BIN = Path(sys.executable).parent
-REPORTS = REPO / "results" / "loadtest"
-LENGTH = 200  # characters per request
 USERS = {"native": ("StreamUser", "/models/[name]/generate stream", "stream first chunk"),
          "openai": ("OpenAIStreamUser", "/v1/completions stream", "/v1 stream first chunk")}
 
@@ -33,16 +28,7 @@ USERS = {"native": ("StreamUser", "/models/[name]/generate stream", "stream firs
 def run_locust(url: str, model: str, kind: str, users: int, seconds: int) -> dict:
     user_class, request_name, ttfc_name = USERS[kind]
     prefix = REPORTS / f"protocols-{kind}-{users}u-{time.strftime('%H%M%S')}"
-    REPORTS.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RNNSERVE_MODELS": model, "RNNSERVE_LOAD_LENGTH": str(LENGTH)}
-    started = time.perf_counter()
-    subprocess.run([str(BIN / "locust"), "-f", "loadtest/locustfile.py", "--headless",
-                    "-u", str(users), "-r", str(max(1, users // 2)), "-t", f"{seconds}s",
-                    "--host", url, "--csv", str(prefix), "--only-summary", user_class],
-                   cwd=REPO, env=env, check=False, capture_output=True)
-    elapsed = time.perf_counter() - started
-    with open(f"{prefix}_stats.csv") as f:
-        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    rows, elapsed = locust_stats(url, users, seconds, model, prefix, (user_class,), quiet=True)
     done = int(rows[request_name]["Request Count"]) - int(rows[request_name]["Failure Count"])
     ttfc = rows.get(ttfc_name, {})
     return {"protocol": kind, "users": users, "seconds": seconds,

@@ -121,19 +121,29 @@ class ReplicaSampler(threading.Thread):
             time.sleep(1)
 
 
-def run_locust(host: str, users: int, seconds: int, model: str, label: str) -> dict:
-    prefix = REPORTS / f"{label}-{users}u"
+def locust_stats(host: str, users: int, seconds: int, model: str, prefix: Path,
+                 user_classes: tuple[str, ...], *extra: str,
+                 quiet: bool = False) -> tuple[dict[str, dict], float]:
+    """Run loadtest/locustfile.py headless with `user_classes` against `model` (requests of
+    LENGTH characters); returns its stats rows by name (CSV at `prefix`) and the seconds it
+    took. `extra` goes to locust."""
     REPORTS.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RNNSERVE_MODELS": model, "RNNSERVE_LOAD_LENGTH": str(LENGTH)}
     started = time.perf_counter()
     subprocess.run([str(BIN / "locust"), "-f", "loadtest/locustfile.py", "--headless",
                     "-u", str(users), "-r", str(max(1, users // 2)), "-t", f"{seconds}s",
-                    "--host", host, "--csv", str(prefix), "--html", f"{prefix}.html",
-                    "--only-summary", "GenerateUser", "StreamUser"],
-                   cwd=REPO, env=env, check=False)
+                    "--host", host, "--csv", str(prefix), *extra, "--only-summary",
+                    *user_classes],
+                   cwd=REPO, env=env, check=False, capture_output=quiet)
     elapsed = time.perf_counter() - started
     with open(f"{prefix}_stats.csv") as f:
-        rows = {row["Name"]: row for row in csv.DictReader(f)}
+        return {row["Name"]: row for row in csv.DictReader(f)}, elapsed
+
+
+def run_locust(host: str, users: int, seconds: int, model: str, label: str) -> dict:
+    prefix = REPORTS / f"{label}-{users}u"
+    rows, elapsed = locust_stats(host, users, seconds, model, prefix,
+                                 ("GenerateUser", "StreamUser"), "--html", f"{prefix}.html")
     total = rows["Aggregated"]
     ttfc = rows.get("stream first chunk", {})
     generated = sum(int(rows[name]["Request Count"]) - int(rows[name]["Failure Count"])
