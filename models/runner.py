@@ -14,14 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from models.config import CharRNNConfig
-from models.step_cells import StepWeights, cell_update
+from models.step_cells import StepWeights, WeightsView, cell_update
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)  # equal to 1/(1+e^-x), without overflow warnings
 
 
-class StepRunner:
+class StepRunner(WeightsView):
     name = "numpy"
     device = "CPU"  # the host: NumPy computes where the replica process runs
 
@@ -33,17 +33,6 @@ class StepRunner:
     @classmethod
     def from_model(cls, model, config: CharRNNConfig) -> StepRunner:
         return cls(StepWeights.from_model(model, config))
-
-    @property
-    def config(self) -> CharRNNConfig:
-        return self.weights.config
-
-    @property
-    def vocab_size(self) -> int:
-        return self.weights.vocab_size
-
-    def flops_per_char(self) -> int:
-        return self.weights.flops_per_char()
 
     def allocate(self, slots: int) -> None:
         """Reserve state for `slots` concurrent sequences (all zero)."""

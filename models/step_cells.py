@@ -82,6 +82,24 @@ class StepWeights:
         return total + 2 * self.out_kernel.size
 
 
+class WeightsView:
+    """What a step runner tells about the model it runs: read from its `weights`, whichever
+    device computes."""
+
+    weights: StepWeights
+
+    @property
+    def config(self) -> CharRNNConfig:
+        return self.weights.config
+
+    @property
+    def vocab_size(self) -> int:
+        return self.weights.vocab_size
+
+    def flops_per_char(self) -> int:
+        return self.weights.flops_per_char()
+
+
 def cell_update(layer: LayerWeights, gates, state: list, recurrent, recurrent_bias,
                 sigmoid: Callable, tanh: Callable) -> list:
     """One cell step for a batch: `gates` is the input side (x @ kernel + bias), `state` the

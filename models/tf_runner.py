@@ -21,7 +21,7 @@ import numpy as np
 
 from models.config import CharRNNConfig
 from models.devices import use_full_float32_matmuls
-from models.step_cells import StepWeights, cell_update
+from models.step_cells import StepWeights, WeightsView, cell_update
 
 
 def bucket_size(n: int) -> int:
@@ -37,7 +37,7 @@ def short_device_name(device: str) -> str:
     return f"{spec.device_type}:{spec.device_index}" if spec.device_type else device
 
 
-class TFStepRunner:
+class TFStepRunner(WeightsView):
     name = "tensorflow"
 
     def __init__(self, weights: StepWeights, jit_compile: bool | None = None):
@@ -72,17 +72,6 @@ class TFStepRunner:
     def from_model(cls, model, config: CharRNNConfig,
                    jit_compile: bool | None = None) -> TFStepRunner:
         return cls(StepWeights.from_model(model, config), jit_compile)
-
-    @property
-    def config(self) -> CharRNNConfig:
-        return self.weights.config
-
-    @property
-    def vocab_size(self) -> int:
-        return self.weights.vocab_size
-
-    def flops_per_char(self) -> int:
-        return self.weights.flops_per_char()
 
     def allocate(self, slots: int) -> None:
         """Reserve zeroed state for `slots` sequences (plus the scratch row) and compile the
