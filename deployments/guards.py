@@ -132,11 +132,17 @@ DRAIN_AT_MOST = 64 * 1024
 REFUSED_BODY_COST = 10
 
 
+def _declared_length(scope) -> int | None:
+    """The request's Content-Length, or None when it has none (chunked) or not a number."""
+    length = dict(scope.get("headers", [])).get(b"content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
 def _large_body_pending(scope) -> bool:
     if scope["method"] not in BODY_METHODS:
         return False
-    length = dict(scope.get("headers", [])).get(b"content-length")
-    return length is None or not length.isdigit() or int(length) > DRAIN_AT_MOST
+    length = _declared_length(scope)
+    return length is None or length > DRAIN_AT_MOST
 
 
 class RequestGuards:
@@ -200,8 +206,8 @@ class RequestGuards:
         else:
             cap = self.max_body_bytes
             too_large = f"request body larger than {cap} bytes"
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > cap:
+        length = _declared_length(scope)
+        if length is not None and length > cap:
             return await self._refuse_body(route, scope, send, BodyRefused(413, too_large))
         body = _BodyReader(receive, cap, too_large, self.min_body_bytes_per_s,
                            self.body_grace_s)
