@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from models.artifacts import write_version_files
 from registry import Registry, Settings
 from trainers.promotion import promote_if_better
+from trainers.ray_run import JOB_CONFIG_ENV
 from trainers.training_job import RegistryLog, TrainingJob, TrainingParams, UserError
 
 if TYPE_CHECKING:
@@ -34,11 +35,11 @@ class JobCancelled(BaseException):
 def submitted_job_id() -> str | None:
     """The Ray job submission id when this process is a `ray job submit` entrypoint.
 
-    Ray's job supervisor hands the driver its job config (metadata included) as JSON in an
-    environment variable; outside a job there is none.
+    Read from the job config Ray hands the driver (JOB_CONFIG_ENV); outside a job there is
+    none.
     """
     try:
-        config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+        config = json.loads(os.environ.get(JOB_CONFIG_ENV, "{}"))
     except ValueError:
         return None
     return (config.get("metadata") or {}).get("job_submission_id")

@@ -18,6 +18,9 @@ from trainers.training_job import Score, TrainingJob, TrainingParams, UserError
 TRAINING_ONLY = (OPTIMIZER_FILE, STATE_FILE)  # checkpoint files a version does not need
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 LOST_CONTROLLER_ATTEMPTS, LOST_CONTROLLER_WAIT_S = 3, 10.0
+# Ray's job supervisor hands a job's driver its job config (metadata included) as JSON here;
+# outside a job there is none.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def run_name(job: TrainingJob) -> str:
@@ -42,7 +45,7 @@ def _job_node_temp_dir() -> str | None:
     Train would put the run's controller on the head, where a head restart ends it. The
     driver descends from its node's raylet (raylet -> job supervisor -> shell -> driver);
     None outside a job or where /proc cannot be read."""
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+    if JOB_CONFIG_ENV not in os.environ:
         return None
     pid = os.getppid()
     for _ in range(6):
