@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
-from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import cloudpickle, serve
 
@@ -30,7 +29,13 @@ from deployments.protocols import kserve_routes, openai_routes, tfserving_routes
 from deployments.protocols.kserve_routes import KServeRoutes
 from deployments.protocols.openai_routes import OpenAIRoutes
 from deployments.protocols.tfserving_routes import TFServingRoutes
-from deployments.schemas import DB_INT_MAX, GenerateRequest, PromoteRequest, sample_config
+from deployments.schemas import (
+    DB_INT_MAX,
+    VERSION_PATH,
+    GenerateRequest,
+    PromoteRequest,
+    sample_config,
+)
 from deployments.training_jobs import TrainingJobs
 from registry import ACTIVE, PRODUCTION, Registry, Settings, validate_name
 from trainers.families import FAMILIES
@@ -157,7 +162,7 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
         return self.registry.get_model(validate_name(name))
 
     @app.get("/models/{name}/versions/{version}/logs")
-    def logs(self, name: str, version: int = PathParam(..., ge=1, le=DB_INT_MAX),
+    def logs(self, name: str, version: int = VERSION_PATH,
                    offset: int = Query(0, ge=0, le=DB_INT_MAX),
                    limit: int = Query(1000, ge=1, le=10_000)) -> dict:
         record = self.registry.get_version(validate_name(name), version)
@@ -174,7 +179,7 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
 
     @app.post("/models/{name}/versions/{version}/cancel")
     def cancel(self, name: str, request: Request,
-               version: int = PathParam(..., ge=1, le=DB_INT_MAX)) -> dict:
+               version: int = VERSION_PATH) -> dict:
         self._authorize(request)
         record = self.registry.get_version(validate_name(name), version)
         if record.status not in ACTIVE:

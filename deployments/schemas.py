@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from deployments.errors import ApiError
@@ -13,6 +14,8 @@ from models.config import SampleConfig, field_types
 # The registry's integer columns (version numbers, log line positions) are 32-bit on every
 # backend: a larger number could never match a row, and some drivers fail on it.
 DB_INT_MAX = 2**31 - 1
+# A version number in a route's path: 1 up to what the registry's column holds.
+VERSION_PATH = Path(..., ge=1, le=DB_INT_MAX)
 
 
 def _pydantic_fields(cls: type) -> dict[str, Any]:

@@ -4,7 +4,6 @@ protocols/__init__.py). Without a version, a model is its production version."""
 # No `from __future__ import annotations`: these methods travel to the replicas by value
 # (see ingress.py), where FastAPI could not resolve string annotations against their globals.
 from fastapi import APIRouter, Request, Response
-from fastapi import Path as PathParam
 
 from deployments.protocols.kserve import (
     HEADER_LENGTH,
@@ -15,11 +14,10 @@ from deployments.protocols.kserve import (
     model_metadata,
     split_body,
 )
-from deployments.schemas import DB_INT_MAX, documented_body
+from deployments.schemas import VERSION_PATH, documented_body
 from deployments.serving import ServingRoutes
 
 router = APIRouter(tags=["KServe v2 (Open Inference Protocol)"])
-VERSION = PathParam(..., ge=1, le=DB_INT_MAX)
 BODY = documented_body(InferRequest)  # read raw by the route, documented at /docs
 KIND = "lstm-classifier"
 
@@ -44,7 +42,7 @@ class KServeRoutes(ServingRoutes):
         return self._kserve_metadata(name, None)
 
     @router.get("/v2/models/{name}/versions/{version}")
-    def kserve_model_version(self, name: str, version: int = VERSION) -> dict:
+    def kserve_model_version(self, name: str, version: int = VERSION_PATH) -> dict:
         return self._kserve_metadata(name, version)
 
     def _kserve_metadata(self, name: str, version: int | None) -> dict:
@@ -59,7 +57,7 @@ class KServeRoutes(ServingRoutes):
         return {"name": name, "ready": True}
 
     @router.get("/v2/models/{name}/versions/{version}/ready")
-    def kserve_version_ready(self, name: str, version: int = VERSION) -> dict:
+    def kserve_version_ready(self, name: str, version: int = VERSION_PATH) -> dict:
         self._servable(name, version, KIND)
         return {"name": name, "ready": True}
 
@@ -72,7 +70,7 @@ class KServeRoutes(ServingRoutes):
 
     @router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=BODY)
     async def kserve_infer_version(self, name: str, request: Request,
-                                   version: int = VERSION) -> Response:
+                                   version: int = VERSION_PATH) -> Response:
         return await self._kserve_infer(name, version, request)
 
     async def _kserve_infer(self, name: str, version: int | None, request: Request):

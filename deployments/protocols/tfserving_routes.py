@@ -5,7 +5,6 @@ classifier with `model_status` (protocols/openai_routes.py)."""
 # No `from __future__ import annotations`: these methods travel to the replicas by value
 # (see ingress.py), where FastAPI could not resolve string annotations against their globals.
 from fastapi import APIRouter, Request
-from fastapi import Path as PathParam
 
 from deployments.errors import ApiError
 from deployments.predict_input import parse_json_body
@@ -17,12 +16,11 @@ from deployments.protocols.tfserving import (
     predict_input,
     predict_output,
 )
-from deployments.schemas import DB_INT_MAX, documented_body
+from deployments.schemas import VERSION_PATH, documented_body
 from deployments.serving import ServingRoutes
 from registry import validate_name
 
 router = APIRouter(tags=["TF Serving REST"])
-VERSION = PathParam(..., ge=1, le=DB_INT_MAX)
 BODY = documented_body(PredictRequest)  # read raw by the route, documented at /docs
 
 
@@ -35,7 +33,7 @@ class TFServingRoutes(ServingRoutes):
 
     @router.post("/v1/models/{name}/versions/{version}:predict", openapi_extra=BODY)
     async def tfserving_predict_version(self, name: str, request: Request,
-                                        version: int = VERSION) -> dict:
+                                        version: int = VERSION_PATH) -> dict:
         return await self._tfserving_predict(name, version, request)
 
     async def _tfserving_predict(self, name: str, version: int | None, request: Request):
@@ -50,7 +48,7 @@ class TFServingRoutes(ServingRoutes):
 
     # Registry-only routes are plain `def`: FastAPI runs them in its thread pool.
     @router.get("/v1/models/{name}/versions/{version}")
-    def tfserving_version_status(self, name: str, version: int = VERSION) -> dict:
+    def tfserving_version_status(self, name: str, version: int = VERSION_PATH) -> dict:
         """`model_version_status` of one version (AVAILABLE when ready)."""
         return model_status(self.registry.get_model(validate_name(name)), version)
 
@@ -60,5 +58,5 @@ class TFServingRoutes(ServingRoutes):
         return model_metadata(self._servable(name, None, "lstm-classifier")[0])
 
     @router.get("/v1/models/{name}/versions/{version}/metadata")
-    def tfserving_version_metadata(self, name: str, version: int = VERSION) -> dict:
+    def tfserving_version_metadata(self, name: str, version: int = VERSION_PATH) -> dict:
         return model_metadata(self._servable(name, version, "lstm-classifier")[0])
