@@ -2,26 +2,12 @@
 
 import asyncio
 
-import numpy as np
 import pytest
 
-from models.charrnn import build_charrnn
-from models.config import CharRNNConfig, SampleConfig
-from models.runner import StepRunner
-from models.vocab import UNKNOWN, Vocab
+from models.config import SampleConfig
+from models.vocab import UNKNOWN
 from sampling import QueueFull, SamplingEngine
-
-VOCAB = Vocab.from_text("abcdefgh \n", 100)
-
-
-@pytest.fixture(scope="module")
-def runner_factory():
-    config = CharRNNConfig(vocab_size=VOCAB.size, lstm_size=16, num_layers=2)
-    model = build_charrnn(config)
-    rng = np.random.default_rng(1)
-    for weight in model.weights:
-        weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
-    return lambda: StepRunner.from_model(model, config)
+from tests.unit.conftest import ENGINE_VOCAB as VOCAB
 
 
 def run(coroutine_factory, runner_factory, **engine_args):

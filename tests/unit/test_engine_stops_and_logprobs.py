@@ -5,23 +5,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from models.charrnn import build_charrnn
-from models.config import CharRNNConfig, SampleConfig, parse_config
-from models.runner import StepRunner
+from models.config import SampleConfig, parse_config
 from sampling.stops import release_held
-from tests.unit.test_engine import VOCAB, run
-
-
-@pytest.fixture(scope="module")
-def runner_factory():
-    """The tiny random-weight model test_engine.py samples from."""
-    config = CharRNNConfig(vocab_size=VOCAB.size, lstm_size=16, num_layers=2)
-    model = build_charrnn(config)
-    rng = np.random.default_rng(1)
-    for weight in model.weights:
-        weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
-    return lambda: StepRunner.from_model(model, config)
-
+from tests.unit.test_engine import run
 
 # ---- release_held ------------------------------------------------------------------------
 
