@@ -10,7 +10,7 @@ import requests
 
 from tests.integration.api import upload, wait_status
 
-# A classifier that trains in seconds: 8 x 4 inputs, 10 classes (as tests/integration/test_bounds.py).
+# A classifier that trains in seconds: 8 x 4 inputs, 10 classes (test_bounds.py trains it too).
 CLASSIFIER_FORM = {"kind": "lstm-classifier", "num_hidden": "8", "batch_size": "16",
                    "max_steps": "10", "save_every_n": "10", "log_every_n": "10",
                    "val_frac": "0.25"}

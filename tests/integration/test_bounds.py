@@ -18,12 +18,11 @@ import requests
 
 from loadtest.hostile import chunks, npy_header, npz_bomb, padded_json
 from tests.integration.api import upload, wait_status
+from tests.integration.protocol_models import CLASSIFIER_FORM
 
 pytestmark = pytest.mark.integration
 
 TEXT, DIGITS = "bounds-text", "bounds-digits"
-CLASSIFIER_FORM = {"kind": "lstm-classifier", "num_hidden": "8", "batch_size": "16",
-                   "max_steps": "10", "save_every_n": "10", "log_every_n": "10", "val_frac": "0.25"}
 BIG = 10**20
 
 
