@@ -14,6 +14,12 @@ def check_bearer(expected: str, authorization: str | None) -> bool:
                                                               expected.encode())
 
 
+def key_required_for_inference(api_key: str | None, setting: bool) -> bool:
+    """Whether generate/predict need the API key: the `inference_needs_key` limit asks for it,
+    and it takes effect only on a server that has a key to ask for."""
+    return setting and api_key is not None
+
+
 def check_api_key(expected: str | None, authorization: str | None) -> None:
     """No key configured: open (local use). Otherwise the bearer token must match exactly."""
     if expected and not check_bearer(expected, authorization):

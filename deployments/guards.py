@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from deployments.auth import check_bearer
+from deployments.auth import check_bearer, key_required_for_inference
 from deployments.errors import error_body
 
 BODY_TOO_LARGE = "rnnserve.body_too_large"
@@ -158,7 +158,7 @@ class RequestGuards:
         self.max_body_bytes = max_body_bytes
         self.min_body_bytes_per_s, self.body_grace_s = min_body_bytes_per_s, body_grace_s
         self.max_in_flight = max_in_flight  # inference requests per client at once (0: any)
-        self.inference_needs_key = inference_needs_key and api_key is not None
+        self.inference_needs_key = key_required_for_inference(api_key, inference_needs_key)
         self.in_flight: dict[str, int] = {}
 
     async def __call__(self, scope, receive, send):

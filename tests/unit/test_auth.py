@@ -2,7 +2,7 @@
 
 import pytest
 
-from deployments.auth import check_api_key
+from deployments.auth import check_api_key, key_required_for_inference
 from deployments.errors import ApiError
 
 
@@ -22,3 +22,9 @@ def test_wrong_or_missing_key_is_401(header):
 def test_right_key_passes():
     check_api_key("s3cret", "Bearer s3cret")
     check_api_key("s3cret", "bearer s3cret")
+
+
+def test_inference_needs_the_key_only_when_asked_and_a_key_is_set():
+    assert key_required_for_inference("s3cret", True)
+    assert not key_required_for_inference("s3cret", False)
+    assert not key_required_for_inference(None, True)  # nothing to ask for: stays open
