@@ -18,7 +18,7 @@ from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import cloudpickle, serve
 
-from deployments.auth import check_api_key
+from deployments.auth import check_api_key, key_required_for_inference
 from deployments.errors import ApiError, install_error_handlers
 from deployments.guards import BODY_TOO_LARGE, RequestGuards, client_of
 from deployments.limits import Limits
@@ -112,9 +112,10 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
     async def healthz(self) -> dict:
         """Liveness, and whether writes (uploads, promote, cancel, delete) and inference need
         the API key."""
-        return {"status": "ok", "writes_need_key": self.settings.api_key is not None,
-                "inference_needs_key": self.settings.api_key is not None
-                and self.limits.inference_needs_key}
+        api_key = self.settings.api_key
+        return {"status": "ok", "writes_need_key": api_key is not None,
+                "inference_needs_key": key_required_for_inference(
+                    api_key, self.limits.inference_needs_key)}
 
     # ---- models ---------------------------------------------------------------------------
     @app.post("/models", status_code=202)
