@@ -190,8 +190,7 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
                 self.jobs.stop(record.job_id)
             except Exception as error:  # noqa: BLE001 - the job may already be gone
                 logger.warning("stopping job %s: %s", record.job_id, error)
-        self.registry.append_logs(name, version, ["cancelled by request"])
-        self.registry.update_version(name, version, status="cancelled")
+        self.registry.end_version(name, version, "cancelled", "cancelled by request")
         return {"name": name, "version": version, "status": "cancelled"}
 
     @app.delete("/models/{name}")

@@ -87,15 +87,12 @@ class TrainingJobs:
         try:
             job_id = await asyncio.to_thread(self._submit, family, record, relpath, params)
         except Exception as error:  # noqa: BLE001 - the version must not stay queued forever
-            await asyncio.to_thread(self._fail, record, f"job submission failed: {error}")
+            await asyncio.to_thread(self.registry.end_version, record.name, record.version,
+                                    "failed", f"job submission failed: {error}")
             raise ApiError(503, "could not submit the training job", str(error)) from None
         self._started_by[(name, record.version)] = client
         return await asyncio.to_thread(self.registry.update_version, name, record.version,
                                        job_id=job_id)
-
-    def _fail(self, record: VersionRecord, reason: str) -> None:
-        self.registry.append_logs(record.name, record.version, [reason])
-        self.registry.update_version(record.name, record.version, status="failed")
 
     async def _check_resources(self, params: TrainingParams, client: str) -> None:
         """What one upload may make the cluster spend, checked before anything is stored."""
@@ -164,9 +161,8 @@ class TrainingJobs:
             if self.registry.get_version(record.name, record.version).status not in ACTIVE:
                 continue
             new_status, message = ended
-            self.registry.append_logs(record.name, record.version,
-                                      [f"job {record.job_id}: {message}"])
-            self.registry.update_version(record.name, record.version, status=new_status)
+            self.registry.end_version(record.name, record.version, new_status,
+                                      f"job {record.job_id}: {message}")
             changes.append((record.name, record.version, new_status))
         return changes
 

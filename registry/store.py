@@ -224,6 +224,14 @@ class Registry:
         return self._update(name, version, status=status, metrics=metrics, job_id=job_id,
                             artifact_uri=artifact_uri, params=params)
 
+    def end_version(self, name: str, version: int, status: str, reason: str) -> VersionRecord:
+        """End a version `failed` or `cancelled` and say why in its log: the reason goes in
+        first, so whoever sees the status can read the cause (its lines become log lines)."""
+        if status not in ("failed", "cancelled"):
+            raise ValueError(f"a version ends failed or cancelled here, not {status}")
+        self.append_logs(name, version, reason.splitlines() or [reason])
+        return self.update_version(name, version, status=status)
+
     def _update(self, name, version, *, status=None, metrics=None, job_id=None,
                 artifact_uri=None, params=None, digest=None,
                 may_leave: tuple[str, ...] = ()) -> VersionRecord:

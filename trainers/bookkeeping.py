@@ -83,16 +83,16 @@ def run_job(family: Family, settings: Settings, name: str, inputs: dict[str, str
         promote_if_better(registry, family, name, record.version, log)
         return 0
     except JobCancelled:
-        _finish(registry, log, name, record.version, "cancelled", "job stopped; run cancelled")
+        _finish(registry, name, record.version, "cancelled", "job stopped; run cancelled")
         return 130
     except UserError as error:
-        _finish(registry, log, name, record.version, "failed", f"error: {error}")
+        _finish(registry, name, record.version, "failed", f"error: {error}")
         return 2
     except Exception as error:  # noqa: BLE001 - every failure must reach the registry
         # The traceback goes to the job's own log (`ray job logs`), not to the version's
         # public log, which gets one short line.
         traceback.print_exc()
-        _finish(registry, log, name, record.version, "failed",
+        _finish(registry, name, record.version, "failed",
                 f"error: {type(error).__name__}: {_first_line(error)}")
         return 1
     finally:
@@ -105,11 +105,9 @@ def _first_line(error: Exception, limit: int = 300) -> str:
     return lines[0][:limit] if lines else ""
 
 
-def _finish(registry: Registry, log: RegistryLog, name: str, version: int, status: str,
-            message: str) -> None:
-    for line in message.splitlines():
-        log(line)
+def _finish(registry: Registry, name: str, version: int, status: str, message: str) -> None:
+    print(message, flush=True)  # for `ray job logs`; the registry gets it in the version's log
     try:
-        registry.update_version(name, version, status=status)
+        registry.end_version(name, version, status, message)
     except Exception as error:  # noqa: BLE001 - e.g. already cancelled by the server
         print(f"could not mark version {version} {status}: {error}", flush=True)

@@ -76,6 +76,18 @@ def test_ready_is_only_reached_through_publish_and_terminal_states_are_final(reg
         registry.publish_version("m", 1, artifacts(tmp_path))
 
 
+def test_ending_a_version_logs_why_before_its_status_changes(registry):
+    registry.create_version("m", status="training")
+    registry.end_version("m", 1, "failed", "error: out of memory\nwhile loading")
+    assert registry.get_version("m", 1).status == "failed"
+    assert registry.read_logs("m", 1) == ["error: out of memory", "while loading"]
+    with pytest.raises(ValueError):
+        registry.end_version("m", 1, "ready", "done")  # ready comes only through publish
+    with pytest.raises(Conflict):  # already ended: the reason is logged, the status stays
+        registry.end_version("m", 1, "cancelled", "too late")
+    assert registry.get_version("m", 1).status == "failed"
+
+
 @pytest.mark.parametrize("name", ["", "../x", "a/b", "x" * 65, "-lead", "a..b", "naïve", "a b"])
 def test_invalid_names_are_refused(registry, name):
     with pytest.raises(InvalidName):
