@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from deployments.errors import ApiError
@@ -60,8 +61,16 @@ class Limits:
             limiters["upload"] = RateLimiter(self.uploads_per_minute / 60, self.upload_burst)
         return limiters
 
-    def check_sample(self, sample: SampleConfig) -> None:
+    def check_sample(self, sample: SampleConfig, names: Mapping[str, str] | None = None) -> None:
+        """400 for a sample over the prime or length limit. `names` maps SampleConfig's fields
+        to what the client's request calls them (a protocol's own fields), so the error names
+        the field the client sent; it is in the error's detail as `field`."""
         if len(sample.prime) > self.max_prime_chars:
-            raise ApiError(400, f"prime is longer than {self.max_prime_chars} characters")
+            raise _over_limit(names, "prime", f"is longer than {self.max_prime_chars} characters")
         if sample.max_length > self.max_length:
-            raise ApiError(400, f"max_length must be <= {self.max_length}")
+            raise _over_limit(names, "max_length", f"must be <= {self.max_length}")
+
+
+def _over_limit(names: Mapping[str, str] | None, field: str, problem: str) -> ApiError:
+    name = (names or {}).get(field, field)
+    return ApiError(400, f"{name} {problem}", {"field": name})

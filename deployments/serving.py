@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -70,9 +71,11 @@ class ServingRoutes:
         return await asyncio.to_thread(self._servable, name, version, kind)
 
     # ---- char-RNN generation -------------------------------------------------------------
-    def _check_samples(self, samples: list[SampleConfig]) -> None:
+    def _check_samples(self, samples: list[SampleConfig],
+                       names: Mapping[str, str] | None = None) -> None:
+        """The native route's limits; `names`: the request's own names of the fields."""
         for sample in samples:
-            self.limits.check_sample(sample)
+            self.limits.check_sample(sample, names)
 
     async def _generate(self, model_id: str, samples: list[SampleConfig]) -> list[dict]:
         """Every sample generated together on one replica (they share batched steps)."""

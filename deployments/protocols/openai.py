@@ -19,6 +19,8 @@ from models.config import MAX_STOP_CHARS, MAX_STOP_STRINGS, SampleConfig
 
 # Per request: prompts, samples of each, and samples in all (each is a sequence in a batch).
 MAX_PROMPTS, MAX_N, MAX_SAMPLES = 16, 16, 16
+# The request fields a SampleConfig field comes from (samples_of), for errors to name them.
+REQUEST_FIELDS = {"prime": "prompt", "max_length": "max_tokens"}
 
 
 class StreamOptions(BaseModel):
@@ -202,8 +204,9 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
 
 def error_shape(status: int, message: str, detail) -> tuple[int, dict]:
     """`{"error": {message, type, param, code}}`. A body that does not match the schema is a
-    400 as OpenAI answers it (the native API's 422), naming the first field at fault."""
-    param = None
+    400 as OpenAI answers it (the native API's 422), naming the first field at fault; an
+    error whose detail names a `field` (a limit's) has it as `param`."""
+    param = detail.get("field") if isinstance(detail, dict) else None
     if status == 422:
         param, problem = first_problem(detail)
         message = (problem or message) + (f" ({param})" if param else "")

@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from deployments.protocols.openai import (
+    REQUEST_FIELDS,
     Completion,
     CompletionRequest,
     CompletionStream,
@@ -38,7 +39,7 @@ class OpenAIRoutes(ServingRoutes):
         name, version = parse_model(body.model)
         record, model_id = await self._servable_async(name, version, "charrnn")
         samples = samples_of(body)
-        self._check_samples(samples)
+        self._check_samples(samples, REQUEST_FIELDS)
         completion = Completion(body, f"{name}:{record.version}")
         if body.stream:
             events = await self._stream(model_id, samples)

@@ -148,12 +148,16 @@ def test_errors_are_the_clients_typed_exceptions(client, url):
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model=BARD, prompt="x", temperature=-1)
     assert bad.value.body["param"] == "temperature"
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.BadRequestError) as too_many:
         client.completions.create(model=BARD, prompt="x", max_tokens=10_001)
+    assert too_many.value.body["param"] == "max_tokens"
     with pytest.raises(openai.BadRequestError):  # a classifier is no completion model
         client.completions.create(model=DIGITS, prompt="x")
-    with pytest.raises(openai.BadRequestError):
-        client.completions.create(model=BARD, prompt="x" * 2001)  # limits.max_prime_chars
+    with pytest.raises(openai.BadRequestError) as long_prompt:  # limits.max_prime_chars
+        client.completions.create(model=BARD, prompt="x" * 2001)
+    # The limit is the native route's, named as the client sent it.
+    assert long_prompt.value.body["param"] == "prompt"
+    assert long_prompt.value.body["message"].startswith("prompt is longer than 2000")
     too_large = requests.post(f"{url}/v1/completions", data=b"x" * (3 * 1024 * 1024),
                               headers={"content-type": "application/json"}, timeout=30)
     assert too_large.status_code == 413 and too_large.json()["error"]["message"]

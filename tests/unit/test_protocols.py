@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from deployments.errors import ApiError, error_body
+from deployments.limits import Limits
 from deployments.protocols import kserve, openai, tfserving
+from models.config import SampleConfig
 
 # ---- OpenAI --------------------------------------------------------------------------------
 
@@ -54,6 +56,22 @@ def test_errors_in_openai_shape_on_its_paths_only():
     assert error_body("/v1/models/d:predict", 404, "x") == (404, {"error": "x"})
     assert error_body("/v2/models/d/infer", 422, "x") == (400, {"error": "x"})
     assert error_body("/models/d/generate", 422, "x") == (422, {"error": "x", "detail": None})
+
+
+def test_a_limit_names_the_field_the_openai_client_sent():
+    limits = Limits(max_prime_chars=5, max_length=100)
+    for sample, field in ((SampleConfig(prime="x" * 6), "prompt"),
+                          (SampleConfig(max_length=101), "max_tokens")):
+        with pytest.raises(ApiError) as error:
+            limits.check_sample(sample, openai.REQUEST_FIELDS)
+        status, body = error_body("/v1/completions", error.value.status, error.value.error,
+                                  error.value.detail)
+        assert status == 400 and body["error"]["param"] == field
+        assert body["error"]["message"].startswith(f"{field} ")
+    with pytest.raises(ApiError) as native:  # the native route keeps its own names
+        limits.check_sample(SampleConfig(max_length=101))
+    assert native.value.error == "max_length must be <= 100"
+    assert native.value.detail == {"field": "max_length"}
 
 
 def _events(text: str) -> list:
