@@ -28,7 +28,7 @@ USERS = {"native": ("StreamUser", "/models/[name]/generate stream", "stream firs
 def run_locust(url: str, model: str, kind: str, users: int, seconds: int) -> dict:
     user_class, request_name, ttfc_name = USERS[kind]
     prefix = REPORTS / f"protocols-{kind}-{users}u-{time.strftime('%H%M%S')}"
-    rows, elapsed = locust_stats(url, users, seconds, model, prefix, (user_class,), quiet=True)
+    rows, elapsed, _ = locust_stats(url, users, seconds, model, prefix, (user_class,), quiet=True)
     done = int(rows[request_name]["Request Count"]) - int(rows[request_name]["Failure Count"])
     ttfc = rows.get(ttfc_name, {})
     return {"protocol": kind, "users": users, "seconds": seconds,

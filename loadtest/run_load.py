@@ -1,12 +1,15 @@
-"""End-to-end load runs with locust: the Serve app, and (with --naive) the naive server.
+"""End-to-end load runs with locust: the Serve app, Ray Serve's floor, the naive server.
 
-    python -m loadtest.run_load --users 32 --seconds 60            # make loadtest
-    python -m loadtest.run_load --users 8,32,64 --seconds 60 --naive   # make bench-e2e
+    python -m loadtest.run_load --users 32 --seconds 60                    # make loadtest
+    python -m loadtest.run_load --users 8,32,64 --seconds 60 --floor --naive   # make bench-e2e
 
 Starts what is missing (a local Ray head and the Serve app from serve_config.yaml), seeds a
 small model when none is ready, runs locust headless per user count and writes CSV + HTML
 reports and a summary (requests/s, failures, time to first character percentiles, total
-chars/s, Generator replicas over time) under results/loadtest/ and benchmarks/results/.
+chars/s, CPU per request of each process on the path, Generator replicas over time) under
+results/loadtest/ and benchmarks/results/. With --floor, the same load then goes to
+loadtest/floor_app.py (rnnserve's topology with no model, streaming as many chunks per
+request as rnnserve did at that user count), and rnnserve / floor requests/s is reported.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import argparse
 import csv
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -24,6 +29,8 @@ from pathlib import Path
 import requests
 
 from benchmarks import REPO, RESULTS, SHARED_DATA
+from loadtest.floor_app import MODEL as FLOOR_MODEL
+from loadtest.process_cpu import CpuMeter, serve_roles
 
 BIN = Path(sys.executable).parent
 REPORTS = REPO / "results" / "loadtest"  # locust's CSV and HTML reports
@@ -34,6 +41,8 @@ LENGTH = 200  # characters per generate request (RNNSERVE_LOAD_LENGTH for the lo
 # Every simulated user comes from this one address: the per-client inference limits would
 # turn the load test into a 429 test.
 LOAD_LIMITS = {"inference_per_s": 0, "max_in_flight_per_client": 0}
+SERVE_APP = "rnnserve"  # the application's name in serve_config.yaml
+FLOOR_APP, FLOOR_PREFIX = "floor", "/floor"
 
 
 def load_config(limits: dict) -> Path:
@@ -123,12 +132,13 @@ class ReplicaSampler(threading.Thread):
 
 def locust_stats(host: str, users: int, seconds: int, model: str, prefix: Path,
                  user_classes: tuple[str, ...], *extra: str,
-                 quiet: bool = False) -> tuple[dict[str, dict], float]:
+                 quiet: bool = False) -> tuple[dict[str, dict], float, float]:
     """Run loadtest/locustfile.py headless with `user_classes` against `model` (requests of
-    LENGTH characters); returns its stats rows by name (CSV at `prefix`) and the seconds it
-    took. `extra` goes to locust."""
+    LENGTH characters); returns its stats rows by name (CSV at `prefix`), the seconds it
+    took and the CPU seconds locust itself spent. `extra` goes to locust."""
     REPORTS.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RNNSERVE_MODELS": model, "RNNSERVE_LOAD_LENGTH": str(LENGTH)}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run([str(BIN / "locust"), "-f", "loadtest/locustfile.py", "--headless",
                     "-u", str(users), "-r", str(max(1, users // 2)), "-t", f"{seconds}s",
@@ -136,14 +146,48 @@ def locust_stats(host: str, users: int, seconds: int, model: str, prefix: Path,
                     *user_classes],
                    cwd=REPO, env=env, check=False, capture_output=quiet)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # locust is one process, now reaped
+    locust_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
     with open(f"{prefix}_stats.csv") as f:
-        return {row["Name"]: row for row in csv.DictReader(f)}, elapsed
+        return {row["Name"]: row for row in csv.DictReader(f)}, elapsed, locust_cpu
 
 
-def run_locust(host: str, users: int, seconds: int, model: str, label: str) -> dict:
+class ChunkProbe(threading.Thread):
+    """One more client during a step, streaming one request after another and counting the
+    HTTP chunks each arrives in: what the floor then streams per request."""
+
+    def __init__(self, url: str, model: str):
+        super().__init__(daemon=True)
+        self.url, self.model = url, model
+        self.counts: list[int] = []
+        self.stopped = threading.Event()
+
+    def run(self):
+        body = {"prime": "The ", "max_length": LENGTH, "temperature": 0.8, "stream": True}
+        while not self.stopped.wait(0.3):
+            try:
+                with requests.post(f"{self.url}/models/{self.model}/generate", json=body,
+                                   stream=True, timeout=60) as response:
+                    chunks = sum(1 for chunk in response.iter_content(chunk_size=None) if chunk)
+                if response.ok:
+                    self.counts.append(chunks)
+            except requests.RequestException:
+                pass
+
+    def median(self) -> int:
+        return int(statistics.median(self.counts)) if self.counts else 1
+
+
+def run_locust(host: str, users: int, seconds: int, model: str, label: str,
+               meter: CpuMeter | None = None) -> dict:
+    """One locust step; with `meter`, the CPU each process of the path spent per request."""
     prefix = REPORTS / f"{label}-{users}u"
-    rows, elapsed = locust_stats(host, users, seconds, model, prefix,
-                                 ("GenerateUser", "StreamUser"), "--html", f"{prefix}.html")
+    if meter:
+        meter.start()
+    rows, elapsed, locust_cpu = locust_stats(host, users, seconds, model, prefix,
+                                             ("GenerateUser", "StreamUser"),
+                                             "--html", f"{prefix}.html")
+    spent = {**(meter.stop() if meter else {}), "locust": locust_cpu}
     total = rows["Aggregated"]
     ttfc = rows.get("stream first chunk", {})
     generated = sum(int(rows[name]["Request Count"]) - int(rows[name]["Failure Count"])
@@ -153,6 +197,9 @@ def run_locust(host: str, users: int, seconds: int, model: str, label: str) -> d
     return {"label": label, "users": users, "seconds": seconds,
             "requests_per_s": requests_only / elapsed,
             "failures": int(total["Failure Count"]),
+            "cpu_ms_per_request": {role: 1000 * cpu / max(requests_only, 1)
+                                   for role, cpu in spent.items()},
+            "locust_cores": locust_cpu / elapsed,
             "ttfc_ms": {p: float(ttfc.get(p, "nan") or "nan") for p in ("50%", "95%", "99%")},
             "chars_per_s": generated * LENGTH / elapsed,
             "report": f"{prefix}.html"}
@@ -171,18 +218,43 @@ def start_naive(model: str) -> subprocess.Popen:
     raise SystemExit("the naive server did not come up")
 
 
+def deploy_floor(chunks: int) -> None:
+    """The floor app at FLOOR_PREFIX, streaming `chunks` chunks per request, its deployments
+    with the options of rnnserve's Ingress and Generator in serve_config.yaml."""
+    import yaml
+    from ray import serve
+
+    from loadtest import floor_app
+
+    [application] = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"]
+    options = {d["name"]: {k: v for k, v in d.items() if k != "name"}
+               for d in application["deployments"]}
+    serve.run(floor_app.build(chunks, options["Ingress"], options["Generator"]),
+              name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
+
+
 def report(results: list[dict]) -> None:
     for r in results:
         print(f"{r['label']:>5} {r['users']:>3} users: {r['requests_per_s']:6.1f} req/s, "
               f"{r['failures']} failures, TTFC p50/p95/p99 {r['ttfc_ms']['50%']:.0f}/"
               f"{r['ttfc_ms']['95%']:.0f}/{r['ttfc_ms']['99%']:.0f} ms, "
               f"{r['chars_per_s']:,.0f} chars/s"
-              + (f", Generator replicas max {r['max_replicas']}" if "max_replicas" in r else ""))
-    naive = {r["users"]: r for r in results if r["label"] == "naive"}
+              + (f", Generator replicas max {r['max_replicas']}" if "max_replicas" in r else "")
+              + (f", {r['chunks_per_stream']} chunks/stream" if "chunks_per_stream" in r else ""))
+        cpu = r.get("cpu_ms_per_request", {})
+        print("      CPU ms/request: " + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
+              + f" (locust used {r['locust_cores']:.2f} cores)")
+    by_label = {(r["label"], r["users"]): r for r in results}
     for r in results:
-        if r["label"] == "serve" and r["users"] in naive and naive[r["users"]]["chars_per_s"]:
-            ratio = r["chars_per_s"] / naive[r["users"]]["chars_per_s"]
-            print(f"  {r['users']} users: Serve / naive chars/s = {ratio:.1f}x")
+        if r["label"] != "serve":
+            continue
+        floor, naive = by_label.get(("floor", r["users"])), by_label.get(("naive", r["users"]))
+        if floor and floor["requests_per_s"]:
+            print(f"  {r['users']} users: Serve / floor requests/s = "
+                  f"{r['requests_per_s'] / floor['requests_per_s']:.0%}")
+        if naive and naive["chars_per_s"]:
+            print(f"  {r['users']} users: Serve / naive chars/s = "
+                  f"{r['chars_per_s'] / naive['chars_per_s']:.1f}x")
 
 
 def plot(results: list[dict], replicas: list[tuple[float, int]], phases: list[dict],
@@ -193,7 +265,7 @@ def plot(results: list[dict], replicas: list[tuple[float, int]], phases: list[di
     import matplotlib.pyplot as plt
 
     figure, (rate_ax, ttfc_ax, replica_ax) = plt.subplots(1, 3, figsize=(17, 4.5))
-    for label, style in (("serve", "o-"), ("naive", "s--")):
+    for label, style in (("serve", "o-"), ("floor", "^:"), ("naive", "s--")):
         runs = [r for r in results if r["label"] == label]
         if not runs:
             continue
@@ -226,6 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--cooldown", type=int, default=90,
                         help="idle seconds after the load, to record the scale-down")
+    parser.add_argument("--floor", action="store_true",
+                        help="also load Ray Serve's floor (loadtest/floor_app.py)")
     parser.add_argument("--naive", action="store_true", help="also load the naive server")
     args = parser.parse_args(argv)
     users = [int(u) for u in args.users.split(",")]
@@ -240,7 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     sampler.start()
     for count in users:
         begin = time.monotonic() - sampler.started
-        result = run_locust(args.host, count, args.seconds, model, "serve")
+        probe = ChunkProbe(args.host, model)
+        probe.start()
+        result = run_locust(args.host, count, args.seconds, model, "serve",
+                            CpuMeter(serve_roles(SERVE_APP, "Ingress", "Generator")))
+        probe.stopped.set()
+        probe.join()
+        result["chunks_per_stream"] = probe.median()
         phases.append({"name": f"{count} users", "start": begin,
                        "end": time.monotonic() - sampler.started})
         result["max_replicas"] = max((n for t, n in sampler.samples
@@ -249,6 +329,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load over; recording {args.cooldown} s of scale-down", flush=True)
     time.sleep(args.cooldown)
     sampler.stopped.set()
+    if args.floor:
+        for serve_run in [r for r in results if r["label"] == "serve"]:
+            deploy_floor(serve_run["chunks_per_stream"])
+            floor_run = run_locust(args.host + FLOOR_PREFIX, serve_run["users"], args.seconds,
+                                   FLOOR_MODEL, "floor",
+                                   CpuMeter(serve_roles(FLOOR_APP, "FloorIngress",
+                                                        "FloorGenerator")))
+            results.append({**floor_run, "chunks_per_stream": serve_run["chunks_per_stream"]})
+        from ray import serve
+
+        serve.delete(FLOOR_APP)
     if args.naive:
         naive = start_naive(model)
         try:
@@ -264,8 +355,8 @@ def main(argv: list[str] | None = None) -> None:
          "replicas": sampler.samples, "phases": phases}, indent=2))
     plot(results, sampler.samples, phases, RESULTS / "load.png")
     print(f"wrote {RESULTS / 'load.json'} and load.png; locust reports in {REPORTS}")
-    if any(r["failures"] for r in results if r["label"] == "serve"):
-        raise SystemExit("failed requests against the Serve app")
+    if any(r["failures"] for r in results if r["label"] in ("serve", "floor")):
+        raise SystemExit("failed requests against a Serve app")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""CPU seconds spent by each process of the HTTP path during a load step (psutil).
+
+Ray names a Serve replica's process `ray::ServeReplica:<app>:<deployment>` and a proxy's
+`ray::ProxyActor`; a role sums every process whose command line contains its marker (all
+replicas of a deployment, the proxy of every node).
+"""
+
+from __future__ import annotations
+
+import psutil
+
+
+def serve_roles(app: str, ingress: str, model: str) -> dict[str, str]:
+    """role -> command-line marker, for an app's ingress and model deployments."""
+    return {"proxy": "ray::ProxyActor", "ingress": f"ServeReplica:{app}:{ingress}",
+            "model": f"ServeReplica:{app}:{model}"}
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+class CpuMeter:
+    """`start()` before a step, `stop()` after: CPU seconds per role in between. Processes that
+    start during the step (a replica the autoscaler adds) count from zero."""
+
+    def __init__(self, roles: dict[str, str]):
+        self.roles = roles
+        self._before: dict[int, float] = {}
+
+    def _processes(self) -> dict[int, tuple[str, psutil.Process]]:
+        found = {}
+        for process in psutil.process_iter(["cmdline"]):
+            line = " ".join(process.info["cmdline"] or ())
+            for role, marker in self.roles.items():
+                if marker in line:
+                    found[process.pid] = (role, process)
+        return found
+
+    def start(self) -> None:
+        self._before = {}
+        for pid, (_, process) in self._processes().items():
+            try:
+                self._before[pid] = _cpu_seconds(process)
+            except psutil.NoSuchProcess:
+                pass
+
+    def stop(self) -> dict[str, float]:
+        spent = dict.fromkeys(self.roles, 0.0)
+        for pid, (role, process) in self._processes().items():
+            try:
+                spent[role] += _cpu_seconds(process) - self._before.get(pid, 0.0)
+            except psutil.NoSuchProcess:
+                pass
+        return spent
