@@ -29,7 +29,6 @@ from pathlib import Path
 import requests
 
 from benchmarks import REPO, RESULTS, SHARED_DATA
-from loadtest.floor_app import MODEL as FLOOR_MODEL
 from loadtest.process_cpu import CpuMeter, serve_roles
 
 BIN = Path(sys.executable).parent
@@ -218,12 +217,14 @@ def start_naive(model: str) -> subprocess.Popen:
     raise SystemExit("the naive server did not come up")
 
 
-def deploy_floor(chunks: int) -> None:
+def deploy_floor(chunks: int) -> str:
     """The floor app at FLOOR_PREFIX, streaming `chunks` chunks per request, its deployments
-    with the options of rnnserve's Ingress and Generator in serve_config.yaml."""
+    with the options of rnnserve's Ingress and Generator in serve_config.yaml; returns the
+    model name it answers to."""
     import yaml
     from ray import serve
 
+    # Imported here, as ray is in main(): Ray reads RAY_AUTH_MODE when it is first imported.
     from loadtest import floor_app
 
     [application] = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"]
@@ -231,6 +232,7 @@ def deploy_floor(chunks: int) -> None:
                for d in application["deployments"]}
     serve.run(floor_app.build(chunks, options["Ingress"], options["Generator"]),
               name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
+    return floor_app.MODEL
 
 
 def report(results: list[dict]) -> None:
@@ -331,9 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     sampler.stopped.set()
     if args.floor:
         for serve_run in [r for r in results if r["label"] == "serve"]:
-            deploy_floor(serve_run["chunks_per_stream"])
+            floor_model = deploy_floor(serve_run["chunks_per_stream"])
             floor_run = run_locust(args.host + FLOOR_PREFIX, serve_run["users"], args.seconds,
-                                   FLOOR_MODEL, "floor",
+                                   floor_model, "floor",
                                    CpuMeter(serve_roles(FLOOR_APP, "FloorIngress",
                                                         "FloorGenerator")))
             results.append({**floor_run, "chunks_per_stream": serve_run["chunks_per_stream"]})
