@@ -7,8 +7,8 @@ Serve; `loadtest/run_load.py` loads it in the same run as rnnserve (route prefix
 rnnserve's requests/s divided by the floor's says how much of the path is rnnserve's own.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the body's type itself, not a
+# string to resolve, to read it as the JSON body.
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
