@@ -46,6 +46,16 @@ def error_body(path: str, status: int, error: str, detail=None) -> tuple[int, di
     return status, {"error": error, "detail": detail}
 
 
+def message_only_shape(status: int, message: str, detail) -> tuple[int, dict]:
+    """`{"error": "..."}`, how TF Serving and KServe (Triton) write errors: no detail, and a
+    malformed path parameter (the native API's 422, e.g. a version that is not a number) is a
+    400 naming it."""
+    if status == 422:
+        param, problem = first_problem(detail)
+        return 400, {"error": f"{param}: {problem}" if param and problem else message}
+    return status, {"error": message}
+
+
 def first_problem(detail) -> tuple[str | None, str | None]:
     """(the field, the message) of the first schema error of a 422's detail, if any."""
     if not isinstance(detail, list) or not detail or not isinstance(detail[0], dict):

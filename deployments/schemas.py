@@ -16,6 +16,9 @@ from models.config import SampleConfig, field_types
 DB_INT_MAX = 2**31 - 1
 # A version number in a route's path: 1 up to what the registry's column holds.
 VERSION_PATH = Path(..., ge=1, le=DB_INT_MAX)
+# A version label in a route's path: an alias of the registry (its column holds 32 characters).
+LABEL_PATH = Path(..., min_length=1, max_length=32,
+                  description="a version label: an alias such as `production`")
 
 
 def _pydantic_fields(cls: type) -> dict[str, Any]:

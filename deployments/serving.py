@@ -21,6 +21,7 @@ from models.config import SampleConfig
 from registry import Registry, VersionRecord, validate_name
 
 logger = logging.getLogger("ray.serve")
+CLASSIFIER = "lstm-classifier"  # the kind of model the classification routes serve
 
 
 async def retrying_lost_replicas(call, attempts: int = 3):
@@ -101,6 +102,18 @@ class ServingRoutes:
         return prepend(first, items)
 
     # ---- classification ------------------------------------------------------------------
+    async def _classify_request(self, name: str, version: int | None, read_batch):
+        """(the classifier version served, its class probabilities, what `read_batch` returned
+        beside the batch): `read_batch(timesteps, features, max_rows)` reads the request's
+        examples for the version's input shape (float32 [N, timesteps, features]), or raises
+        ApiError(400). The version is resolved first, so an unknown model is a 404 whatever
+        the body."""
+        record, model_id = await self._servable_async(name, version, CLASSIFIER)
+        x, request_info = read_batch(int(record.params["timesteps"]),
+                                     int(record.params["features"]),
+                                     self.limits.max_predict_rows)
+        return record, await self._classify(model_id, x), request_info
+
     async def _classify(self, model_id: str, x) -> list[list[float]]:
         """Class probabilities for a batch of examples [N, timesteps, features]."""
         handle = self.classifier.options(multiplexed_model_id=model_id)

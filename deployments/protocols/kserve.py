@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from deployments.errors import ApiError, first_problem, register_error_shape
+from deployments.errors import ApiError, message_only_shape, register_error_shape
 from deployments.predict_input import checked_batch, parse_json_body
 from models.classifier import SERVING_INPUT, SERVING_OUTPUT
 
@@ -75,6 +75,13 @@ def split_body(raw: bytes, header_length: str | None) -> tuple[dict, bytes]:
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise ApiError(400, 'expected a JSON object with a list of "inputs"')
     return request, binary
+
+
+def read_infer(raw: bytes, header_length: str | None, timesteps: int, features: int,
+               max_rows: int) -> tuple[np.ndarray, dict]:
+    """(the `x_input` batch, the JSON request) of a raw infer body."""
+    request, binary = split_body(raw, header_length)
+    return infer_input(request, binary, timesteps, features, max_rows), request
 
 
 def infer_input(request: dict, binary: bytes, timesteps: int, features: int,
@@ -168,11 +175,4 @@ def encode(answer: dict, binary: bytes) -> tuple[bytes, dict]:
                              "Inference-Header-Content-Length": str(len(header))}
 
 
-def error_shape(status: int, message: str, detail) -> tuple[int, dict]:
-    if status == 422:  # a malformed path parameter (a version that is not a number)
-        param, problem = first_problem(detail)
-        return 400, {"error": f"{param}: {problem}" if param and problem else message}
-    return status, {"error": message}
-
-
-register_error_shape(lambda path: path == "/v2" or path.startswith("/v2/"), error_shape)
+register_error_shape(lambda path: path == "/v2" or path.startswith("/v2/"), message_only_shape)

@@ -3,23 +3,23 @@ protocols/__init__.py). Without a version, a model is its production version."""
 
 # No `from __future__ import annotations`: these methods travel to the replicas by value
 # (see ingress.py), where FastAPI could not resolve string annotations against their globals.
+from functools import partial
+
 from fastapi import APIRouter, Request, Response
 
 from deployments.protocols.kserve import (
     HEADER_LENGTH,
     InferRequest,
     encode,
-    infer_input,
     infer_output,
     model_metadata,
-    split_body,
+    read_infer,
 )
 from deployments.schemas import VERSION_PATH, documented_body
-from deployments.serving import ServingRoutes
+from deployments.serving import CLASSIFIER, ServingRoutes
 
 router = APIRouter(tags=["KServe v2 (Open Inference Protocol)"])
 BODY = documented_body(InferRequest)  # read raw by the route, documented at /docs
-KIND = "lstm-classifier"
 
 
 class KServeRoutes(ServingRoutes):
@@ -46,19 +46,19 @@ class KServeRoutes(ServingRoutes):
         return self._kserve_metadata(name, version)
 
     def _kserve_metadata(self, name: str, version: int | None) -> dict:
-        record, _ = self._servable(name, version, KIND)
+        record, _ = self._servable(name, version, CLASSIFIER)
         ready = [v.version for v in self.registry.list_versions(name) if v.status == "ready"]
         return model_metadata(record, ready)
 
     @router.get("/v2/models/{name}/ready")
     def kserve_model_ready(self, name: str) -> dict:
         """200 when the production version can answer; an error (404, 409) otherwise."""
-        self._servable(name, None, KIND)
+        self._servable(name, None, CLASSIFIER)
         return {"name": name, "ready": True}
 
     @router.get("/v2/models/{name}/versions/{version}/ready")
     def kserve_version_ready(self, name: str, version: int = VERSION_PATH) -> dict:
-        self._servable(name, version, KIND)
+        self._servable(name, version, CLASSIFIER)
         return {"name": name, "ready": True}
 
     @router.post("/v2/models/{name}/infer", openapi_extra=BODY)
@@ -74,9 +74,7 @@ class KServeRoutes(ServingRoutes):
         return await self._kserve_infer(name, version, request)
 
     async def _kserve_infer(self, name: str, version: int | None, request: Request):
-        record, model_id = await self._servable_async(name, version, KIND)
-        body, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-        x = infer_input(body, binary, int(record.params["timesteps"]),
-                        int(record.params["features"]), self.limits.max_predict_rows)
-        content, headers = encode(*infer_output(body, record, await self._classify(model_id, x)))
+        read_batch = partial(read_infer, await request.body(), request.headers.get(HEADER_LENGTH))
+        record, probabilities, body = await self._classify_request(name, version, read_batch)
+        content, headers = encode(*infer_output(body, record, probabilities))
         return Response(content, headers=headers)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from deployments.errors import ApiError, first_problem, register_error_shape
-from deployments.predict_input import as_example, checked_batch
+from deployments.errors import ApiError, message_only_shape, register_error_shape
+from deployments.predict_input import as_example, checked_batch, parse_json_body
 from models.classifier import SERVING_INPUT, SERVING_OUTPUT
 
 SIGNATURE = "serving_default"
@@ -64,6 +64,20 @@ def predict_input(body, timesteps: int, features: int, max_rows: int) -> tuple[n
         raise ApiError(400, str(error)) from None
 
 
+def read_predict(raw: bytes, timesteps: int, features: int,
+                 max_rows: int) -> tuple[np.ndarray, bool]:
+    """`predict_input` of a raw body, its numbers checked finite first."""
+    try:
+        body = parse_json_body(raw, MAX_DEPTH)
+    except ValueError as error:
+        raise ApiError(400, str(error)) from None
+    return predict_input(body, timesteps, features, max_rows)
+
+
+def unknown_label(label: str) -> ApiError:
+    return ApiError(404, f"Unrecognized servable version label: {label}")
+
+
 def _unnamed(value):
     """The tensor of `{"x_input": tensor}`, or the value itself when it is not named."""
     if isinstance(value, dict):
@@ -111,16 +125,8 @@ def model_metadata(record) -> dict:
 
 # ---- errors --------------------------------------------------------------------------------
 
-_OWNED = re.compile(r"/v1/models/[^/]+(/versions/[^/]+)?(:predict|/metadata)|"
-                    r"/v1/models/[^/]+/versions/[^/:]+")
+# A version is named by number (/versions/N) or by label (/labels/L), or not at all.
+_OWNED = re.compile(r"/v1/models/[^/]+(/(versions|labels)/[^/]+)?(:predict|/metadata)|"
+                    r"/v1/models/[^/]+/(versions|labels)/[^/:]+")
 
-
-def error_shape(status: int, message: str, detail) -> tuple[int, dict]:
-    """`{"error": "..."}` (400 where the native API answers 422, as TF Serving does)."""
-    if status == 422:  # a malformed path parameter (a version that is not a number)
-        param, problem = first_problem(detail)
-        return 400, {"error": f"{param}: {problem}" if param and problem else message}
-    return status, {"error": message}
-
-
-register_error_shape(lambda path: _OWNED.fullmatch(path) is not None, error_shape)
+register_error_shape(lambda path: _OWNED.fullmatch(path) is not None, message_only_shape)

@@ -62,6 +62,31 @@ def test_model_status_and_metadata(url):
     assert dims == [-1, 8, 4] and "y_output" in signature["outputs"]
 
 
+def test_a_label_names_the_version_its_alias_points_at(url, registry):
+    registry.set_alias(DIGITS, "canary", 1)  # any alias of the registry is a label
+    x = examples(3, seed=5).tolist()
+    by_version = requests.post(f"{url}/v1/models/{DIGITS}/versions/1:predict", timeout=30,
+                               json={"instances": x}).json()
+    for label in ("production", "canary"):
+        base = f"{url}/v1/models/{DIGITS}/labels/{label}"
+        predicted = requests.post(f"{base}:predict", json={"instances": x}, timeout=30)
+        assert predicted.status_code == 200, predicted.text
+        assert predicted.json() == by_version
+        status = requests.get(base, timeout=10).json()["model_version_status"]
+        assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE")]
+        spec = requests.get(f"{base}/metadata", timeout=10).json()["model_spec"]
+        assert spec["version"] == "1"
+
+
+@pytest.mark.parametrize("method, suffix", [("get", ""), ("get", "/metadata"),
+                                            ("post", ":predict")])
+def test_an_unknown_label_is_not_found(url, method, suffix):
+    response = requests.request(method, f"{url}/v1/models/{DIGITS}/labels/stable{suffix}",
+                                json={"instances": [[0.0] * 32]}, timeout=30)
+    assert response.status_code == 404
+    assert response.json() == {"error": "Unrecognized servable version label: stable"}
+
+
 @pytest.mark.parametrize("path, body, status", [
     ("/v1/models/no-such-model:predict", {"instances": [[0.0] * 32]}, 404),
     (f"/v1/models/{DIGITS}/versions/9:predict", {"instances": [[0.0] * 32]}, 404),

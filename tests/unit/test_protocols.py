@@ -54,6 +54,12 @@ def test_errors_in_openai_shape_on_its_paths_only():
     assert error_body("/v1/completions", 429, "slow down")[1]["error"]["type"] == \
         "rate_limit_exceeded"
     assert error_body("/v1/models/d:predict", 404, "x") == (404, {"error": "x"})
+    for path in ("/v1/models/d/labels/production:predict", "/v1/models/d/labels/canary",
+                 "/v1/models/d/labels/canary/metadata", "/v1/models/d/versions/2"):
+        assert error_body(path, 404, "x") == (404, {"error": "x"}), path
+    assert error_body("/v1/models/d/versions/one", 422, "x",
+                      [{"loc": ["path", "version"], "msg": "not an integer"}]) == \
+        (400, {"error": "version: not an integer"})
     assert error_body("/v2/models/d/infer", 422, "x") == (400, {"error": "x"})
     assert error_body("/models/d/generate", 422, "x") == (422, {"error": "x", "detail": None})
 
