@@ -34,6 +34,9 @@ class AppArgs(BaseModel):
     max_waiting: int = Field(512, ge=0, description="queued requests per model before 503")
     runner: RunnerSetting = Field("auto", description="Generator step runner: tensorflow where "
                                   "the replica sees a GPU, numpy otherwise (auto), or as set")
+    stream_interval_s: float = Field(0.02, ge=0, le=1, description="a stream's chunks after "
+                                     "the first go out at most this often (each chunk costs "
+                                     "two hops whatever its size)")
     classifier_max_batch: int = Field(64, ge=1, description="examples per classifier batch")
     classifier_batch_wait_s: float = Field(0.005, ge=0, description="wait to fill a batch")
     job_server_grace_s: float = Field(600, ge=0, description="how long the job server may be "
@@ -47,7 +50,8 @@ def build_app(args: AppArgs):
     generator = Generator.bind(
         settings=settings, max_models_per_replica=args.max_models_per_replica,
         max_batch=args.max_batch, max_waiting=args.max_waiting,
-        generation_timeout_s=limits.generation_timeout_s, runner=args.runner)
+        generation_timeout_s=limits.generation_timeout_s, runner=args.runner,
+        stream_interval_s=args.stream_interval_s)
     classifier = Classifier.bind(
         settings=settings, max_models_per_replica=args.max_models_per_replica,
         max_batch_size=args.classifier_max_batch,

@@ -31,10 +31,12 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment
 class Generator:
     def __init__(self, settings: dict, max_models_per_replica: int, max_batch: int,
-                 max_waiting: int, generation_timeout_s: float, runner: str = "auto"):
+                 max_waiting: int, generation_timeout_s: float, runner: str = "auto",
+                 stream_interval_s: float = 0.0):
         enable_gpu_memory_growth()
         self.registry = Registry(Settings.from_env(**settings))
         self.max_batch, self.max_waiting = max_batch, max_waiting
+        self.stream_interval_s = stream_interval_s
         self.runner_setting = runner  # auto: TensorFlow on a GPU replica, NumPy otherwise
         self.generation_timeout_s = generation_timeout_s
         self.metrics = GeneratorMetrics()
@@ -145,7 +147,7 @@ class Generator:
         handles = self._submit_all(engine, model_id, samples)
         sent = [0] * len(handles)
         try:
-            async for index, chunk in _merged(handles):
+            async for index, chunk in _merged(handles, self.stream_interval_s):
                 handle = handles[index]
                 if chunk is None:
                     if handle.reason == "error":
@@ -162,17 +164,35 @@ class Generator:
                 self._record(model_id, engine, handle, sent[index])
 
 
-async def _merged(handles):
-    """(index, chunk) from several handles as chunks arrive, then (index, None) as each ends."""
+async def _paced(handle, interval: float):
+    """The handle's text, the first chunk at once and then at most one chunk per `interval`
+    seconds: every chunk costs a hop to the ingress and one to the proxy, whatever its size,
+    so the text sampled meanwhile goes out together (the handle joins what piled up)."""
+    loop = asyncio.get_running_loop()
+    sent_at = None
+    while True:
+        if sent_at is not None:
+            await asyncio.sleep(sent_at + interval - loop.time())  # no wait if already due
+        try:
+            chunk = await handle.__anext__()
+        except StopAsyncIteration:
+            return
+        sent_at = loop.time()
+        yield chunk
+
+
+async def _merged(handles, interval: float):
+    """(index, chunk) from several handles as chunks arrive (each paced by `interval`), then
+    (index, None) as each ends."""
     if len(handles) == 1:  # the common case, without a task and a queue in between
-        async for chunk in handles[0]:
+        async for chunk in _paced(handles[0], interval):
             yield 0, chunk
         yield 0, None
         return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(index, handle):
-        async for chunk in handle:
+        async for chunk in _paced(handle, interval):
             await queue.put((index, chunk))
         await queue.put((index, None))
 
