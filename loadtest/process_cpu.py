@@ -2,7 +2,8 @@
 
 Ray names a Serve replica's process `ray::ServeReplica:<app>:<deployment>` and a proxy's
 `ray::ProxyActor`; a role sums every process whose command line contains its marker (all
-replicas of a deployment, the proxy of every node).
+replicas of a deployment, the proxy of every node) and whose raylet runs the given Ray session:
+other Ray clusters on the machine (a test suite's) may serve an app of the same name.
 """
 
 from __future__ import annotations
@@ -25,16 +26,23 @@ class CpuMeter:
     """`start()` before a step, `stop()` after: CPU seconds per role in between. Processes that
     start during the step (a replica the autoscaler adds) count from zero."""
 
-    def __init__(self, roles: dict[str, str]):
+    def __init__(self, roles: dict[str, str], session_dir: str):
         self.roles = roles
+        self.session = f"--session_dir={session_dir}"
         self._before: dict[int, float] = {}
+
+    def _in_session(self, process: psutil.Process) -> bool:
+        try:
+            return any(self.session in parent.cmdline() for parent in process.parents())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return False
 
     def _processes(self) -> dict[int, tuple[str, psutil.Process]]:
         found = {}
         for process in psutil.process_iter(["cmdline"]):
             line = " ".join(process.info["cmdline"] or ())
             for role, marker in self.roles.items():
-                if marker in line:
+                if marker in line and self._in_session(process):
                     found[process.pid] = (role, process)
         return found
 

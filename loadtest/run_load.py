@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     ray.init(address="auto", log_to_driver=False)
+    # Only this cluster's processes count (a test suite's cluster may run an app of this name).
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
     results, phases = [], []
     sampler = ReplicaSampler()
     sampler.start()
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         probe = ChunkProbe(args.host, model)
         probe.start()
         result = run_locust(args.host, count, args.seconds, model, "serve",
-                            CpuMeter(serve_roles(SERVE_APP, "Ingress", "Generator")))
+                            CpuMeter(serve_roles(SERVE_APP, "Ingress", "Generator"), session_dir))
         probe.stopped.set()
         probe.join()
         result["chunks_per_stream"] = probe.median()
@@ -337,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
             floor_run = run_locust(args.host + FLOOR_PREFIX, serve_run["users"], args.seconds,
                                    floor_model, "floor",
                                    CpuMeter(serve_roles(FLOOR_APP, "FloorIngress",
-                                                        "FloorGenerator")))
+                                                        "FloorGenerator"), session_dir))
             results.append({**floor_run, "chunks_per_stream": serve_run["chunks_per_stream"]})
         from ray import serve
 
