@@ -37,7 +37,7 @@ from deployments.schemas import (
     sample_config,
 )
 from deployments.training_jobs import TrainingJobs
-from registry import ACTIVE, PRODUCTION, Registry, Settings, validate_name
+from registry import ACTIVE, PRODUCTION, CachedVersions, Registry, Settings, validate_name
 from trainers.families import FAMILIES
 
 logger = logging.getLogger("ray.serve")
@@ -65,6 +65,8 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
                  job_sync_interval_s: float = 5.0):
         self.settings = Settings.from_env(**settings)
         self.registry = Registry(self.settings)
+        self.served_versions = CachedVersions(self.registry.get_version,
+                                              self.registry.change_count)
         self.limits = limits
         self.generator = generator
         self.classifier = classifier

@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.errors import ApiError, Overloaded
 from deployments.limits import Limits
 from models.config import SampleConfig
-from registry import Registry, VersionRecord, validate_name
+from registry import CachedVersions, Registry, VersionRecord, validate_name
 
 logger = logging.getLogger("ray.serve")
 CLASSIFIER = "lstm-classifier"  # the kind of model the classification routes serve
@@ -53,6 +53,9 @@ class ServingRoutes:
     """Set by Ingress.__init__: the registry, the limits, and the Generator/Classifier handles."""
 
     registry: Registry
+    # The registry's answers on the inference path, reused while its change counter stands
+    # still: one one-row read per request instead of a version lookup's several queries.
+    served_versions: CachedVersions
     limits: Limits
     generator: DeploymentHandle  # of the Generator deployment
     classifier: DeploymentHandle  # of the Classifier deployment
@@ -60,7 +63,7 @@ class ServingRoutes:
     def _servable(self, name: str, version: int | None, kind: str) -> tuple[VersionRecord, str]:
         """The ready version to serve (None: production) and its model id. Blocking: call it
         in a thread from async routes."""
-        record = self.registry.get_version(validate_name(name), version)
+        record = self.served_versions.get_version(validate_name(name), version)
         if record.kind != kind:
             raise ApiError(400, f"model {name} is a {record.kind} model, not {kind}")
         if record.status != "ready":

@@ -53,3 +53,10 @@ aliases = sa.Table(
     sa.Column("alias", sa.String(32), primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
 )
+
+# One row (id 1): moved by every write to models, versions and aliases (registry/changes.py).
+changes = sa.Table(
+    "changes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("counter", sa.BigInteger, nullable=False),
+)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from registry import schema
 from registry.artifacts import ArtifactStore, directory_digest
+from registry.changes import count_changes, read_counter
 from registry.errors import Conflict, NotFound
 from registry.names import format_model_id, validate_name
 from registry.settings import Settings
@@ -113,6 +114,11 @@ class Registry:
         self.engine = _make_engine(self.settings.db_url)
         self.artifacts = ArtifactStore(self.settings.storage, self.settings.s3_endpoint)
         self._retry(self._migrate)
+        count_changes(self.engine)
+
+    def change_count(self) -> int:
+        """Moves with every write to models, versions and aliases (registry/changes.py)."""
+        return read_counter(self.engine)
 
     def _migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (a no-op when it is there)."""
