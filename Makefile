@@ -91,7 +91,7 @@ loadtest: $(BIN)/.installed
 	$(PY) -m loadtest.run_load --users 32 --seconds 60
 
 bench-e2e: $(BIN)/.installed
-	$(PY) -m loadtest.run_load --users 8,32,64 --seconds 60 --floor --naive
+	$(PY) -m loadtest.run_load --users 8,32,64 --seconds 40 --rounds 2 --floor --naive
 
 # Issue 13: generate latency idle and while another client sends oversized bodies and upload
 # bombs in a loop (benchmarks/results/attack.json, BENCHMARKS.md). Starts the app like loadtest.

@@ -1,7 +1,7 @@
 """End-to-end load runs with locust: the Serve app, Ray Serve's floor, the naive server.
 
     python -m loadtest.run_load --users 32 --seconds 60                    # make loadtest
-    python -m loadtest.run_load --users 8,32,64 --seconds 60 --floor --naive   # make bench-e2e
+    python -m loadtest.run_load --users 8,32,64 --seconds 40 --rounds 2 --floor --naive  # bench-e2e
 
 Starts what is missing (a local Ray head and the Serve app from serve_config.yaml), seeds a
 small model when none is ready, runs locust headless per user count and writes CSV + HTML
@@ -246,17 +246,29 @@ def report(results: list[dict]) -> None:
         cpu = r.get("cpu_ms_per_request", {})
         print("      CPU ms/request: " + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
               + f" (locust used {r['locust_cores']:.2f} cores)")
-    by_label = {(r["label"], r["users"]): r for r in results}
-    for r in results:
-        if r["label"] != "serve":
-            continue
-        floor, naive = by_label.get(("floor", r["users"])), by_label.get(("naive", r["users"]))
-        if floor and floor["requests_per_s"]:
-            print(f"  {r['users']} users: Serve / floor requests/s = "
-                  f"{r['requests_per_s'] / floor['requests_per_s']:.0%}")
-        if naive and naive["chars_per_s"]:
-            print(f"  {r['users']} users: Serve / naive chars/s = "
-                  f"{r['chars_per_s'] / naive['chars_per_s']:.1f}x")
+    for users in sorted({r["users"] for r in results}):
+        serve_runs = [r for r in results if r["label"] == "serve" and r["users"] == users]
+        floor_runs = [r for r in results if r["label"] == "floor" and r["users"] == users]
+        ratios = [s["requests_per_s"] / f["requests_per_s"]
+                  for s, f in zip(serve_runs, floor_runs, strict=False) if f["requests_per_s"]]
+        if ratios:
+            print(f"  {users} users: Serve / floor requests/s = "
+                  + ", ".join(f"{r:.0%}" for r in ratios)
+                  + f" (median {statistics.median(ratios):.0%})")
+        naive = [r for r in results if r["label"] == "naive" and r["users"] == users]
+        if serve_runs and naive and naive[0]["chars_per_s"]:
+            served = statistics.median(r["chars_per_s"] for r in serve_runs)
+            print(f"  {users} users: Serve / naive chars/s = "
+                  f"{served / naive[0]['chars_per_s']:.1f}x")
+
+
+def _medians(runs: list[dict]) -> list[dict]:
+    """One run per user count (the median requests/s of its rounds), in user order."""
+    by_users: dict[int, list[dict]] = {}
+    for run in runs:
+        by_users.setdefault(run["users"], []).append(run)
+    return [sorted(group, key=lambda r: r["requests_per_s"])[len(group) // 2]
+            for _, group in sorted(by_users.items())]
 
 
 def plot(results: list[dict], replicas: list[tuple[float, int]], phases: list[dict],
@@ -268,7 +280,7 @@ def plot(results: list[dict], replicas: list[tuple[float, int]], phases: list[di
 
     figure, (rate_ax, ttfc_ax, replica_ax) = plt.subplots(1, 3, figsize=(17, 4.5))
     for label, style in (("serve", "o-"), ("floor", "^:"), ("naive", "s--")):
-        runs = [r for r in results if r["label"] == label]
+        runs = _medians([r for r in results if r["label"] == label])
         if not runs:
             continue
         users = [r["users"] for r in runs]
@@ -293,6 +305,26 @@ def plot(results: list[dict], replicas: list[tuple[float, int]], phases: list[di
     figure.savefig(path, dpi=100)
 
 
+def serve_step(args, users: int, model: str, session_dir: str) -> dict:
+    """A locust step against rnnserve, with a probe counting the chunks of its streams."""
+    probe = ChunkProbe(args.host, model)
+    probe.start()
+    result = run_locust(args.host, users, args.seconds, model, "serve",
+                        CpuMeter(serve_roles(SERVE_APP, "Ingress", "Generator"), session_dir))
+    probe.stopped.set()
+    probe.join()
+    return {**result, "chunks_per_stream": probe.median()}
+
+
+def floor_step(args, users: int, chunks: int, session_dir: str) -> dict:
+    """The same locust step against the floor app streaming `chunks` chunks per request."""
+    model = deploy_floor(chunks)
+    result = run_locust(args.host + FLOOR_PREFIX, users, args.seconds, model, "floor",
+                        CpuMeter(serve_roles(FLOOR_APP, "FloorIngress", "FloorGenerator"),
+                                 session_dir))
+    return {**result, "chunks_per_stream": chunks}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="http://127.0.0.1:8000")
@@ -302,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="idle seconds after the load, to record the scale-down")
     parser.add_argument("--floor", action="store_true",
                         help="also load Ray Serve's floor (loadtest/floor_app.py)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="serve (and floor) steps per user count, alternating")
     parser.add_argument("--naive", action="store_true", help="also load the naive server")
     args = parser.parse_args(argv)
     users = [int(u) for u in args.users.split(",")]
@@ -316,31 +350,30 @@ def main(argv: list[str] | None = None) -> None:
     results, phases = [], []
     sampler = ReplicaSampler()
     sampler.start()
-    for count in users:
+
+    def step(name: str, run, *run_args) -> dict:
         begin = time.monotonic() - sampler.started
-        probe = ChunkProbe(args.host, model)
-        probe.start()
-        result = run_locust(args.host, count, args.seconds, model, "serve",
-                            CpuMeter(serve_roles(SERVE_APP, "Ingress", "Generator"), session_dir))
-        probe.stopped.set()
-        probe.join()
-        result["chunks_per_stream"] = probe.median()
-        phases.append({"name": f"{count} users", "start": begin,
-                       "end": time.monotonic() - sampler.started})
-        result["max_replicas"] = max((n for t, n in sampler.samples
-                                      if begin <= t <= phases[-1]["end"]), default=0)
-        results.append(result)
+        result = run(*run_args)
+        phases.append({"name": name, "start": begin, "end": time.monotonic() - sampler.started})
+        return result
+
+    for count in users:
+        # Serve and floor alternate, `rounds` times: on a shared machine the load of other
+        # processes drifts, and a ratio of neighbouring steps is steadier than of distant ones.
+        for round_ in range(args.rounds):
+            result = step(f"{count} users", serve_step, args, count, model, session_dir)
+            result["max_replicas"] = max((n for t, n in sampler.samples
+                                          if phases[-1]["start"] <= t <= phases[-1]["end"]),
+                                         default=0)
+            results.append({**result, "round": round_})
+            if args.floor:
+                floor = step(f"{count} floor", floor_step, args, count,
+                             result["chunks_per_stream"], session_dir)
+                results.append({**floor, "round": round_})
     print(f"load over; recording {args.cooldown} s of scale-down", flush=True)
     time.sleep(args.cooldown)
     sampler.stopped.set()
     if args.floor:
-        for serve_run in [r for r in results if r["label"] == "serve"]:
-            floor_model = deploy_floor(serve_run["chunks_per_stream"])
-            floor_run = run_locust(args.host + FLOOR_PREFIX, serve_run["users"], args.seconds,
-                                   floor_model, "floor",
-                                   CpuMeter(serve_roles(FLOOR_APP, "FloorIngress",
-                                                        "FloorGenerator"), session_dir))
-            results.append({**floor_run, "chunks_per_stream": serve_run["chunks_per_stream"]})
         from ray import serve
 
         serve.delete(FLOOR_APP)
