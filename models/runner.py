@@ -5,7 +5,8 @@ Calling the Keras model once per character costs milliseconds of framework overh
 of the Keras layers (models/step_cells.py) and computes the step directly on the host.
 
 State lives in preallocated per-slot arrays (`[slots, units]`): the scheduler assigns each
-sequence a slot, and `step` reads and writes only the rows of the active slots.
+sequence a slot, and `step` reads and writes only the rows of the active slots. `prefill` feeds
+one sequence many ids in a row (a long prime) without the per-step cost of the shared batch.
 models/tf_runner.py is the same interface with weights and state on a TensorFlow device.
 """
 
@@ -61,4 +62,24 @@ class StepRunner(WeightsView):
             for array, value in zip(parts, new, strict=True):
                 array[slots] = value
             x = new[0]
+        return x @ weights.out_kernel + weights.out_bias
+
+    def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
+        """Feed `ids` one after another to the sequence in `slot`; returns the logits after
+        each of them [len(ids), vocab]. Layer by layer: only the recurrence is sequential, so
+        each layer's input projection (layer 0's table rows, the others' kernel) and the
+        output layer are one matrix product over all positions."""
+        weights = self.weights
+        x = None
+        for index, (layer, parts) in enumerate(zip(weights.layers, self.state, strict=True)):
+            inputs = weights.input_table[ids] if index == 0 else x @ layer.kernel + layer.bias
+            state = [array[slot:slot + 1] for array in parts]
+            outputs = np.empty((len(ids), layer.units), np.float32)
+            for position, gates in enumerate(inputs):
+                state = cell_update(layer, gates[None], state, layer.recurrent,
+                                    layer.recurrent_bias, _sigmoid, np.tanh)
+                outputs[position] = state[0][0]
+            for array, value in zip(parts, state, strict=True):
+                array[slot] = value[0]
+            x = outputs
         return x @ weights.out_kernel + weights.out_bias

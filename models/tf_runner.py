@@ -13,6 +13,10 @@ log2(slots) + 1 shapes instead of once per batch size (XLA compiles per shape). 
 and write an extra scratch row (index `slots`) that no sequence owns: rows of a batched step
 never mix, so whatever the scratch row holds cannot reach a real slot. Every bucket is
 compiled when the slots are allocated, at model load, not in the middle of serving.
+
+`prefill` (a long prime for one sequence) is a second compiled function: each layer's input
+projection over all positions at once, then its recurrence as a `tf.scan`, one call per chunk of
+ids. It is traced once for any number of ids and is not XLA-compiled (XLA compiles per length).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ class TFStepRunner(WeightsView):
                              for _ in range(layer.state_parts)]
         self.slots = 0
         self.state: tf.Variable | None = None
-        self._step = self._reset = None
+        self._step = self._reset = self._prefill = None
 
     @classmethod
     def from_model(cls, model, config: CharRNNConfig,
@@ -85,14 +89,16 @@ class TFStepRunner(WeightsView):
         vector = tf.TensorSpec([None], tf.int32)
         self._step = tf.function(self._step_graph, input_signature=[vector, vector],
                                  jit_compile=self.jit_compile)
-        self._reset = tf.function(self._reset_graph,
-                                  input_signature=[tf.TensorSpec([], tf.int32)])
+        scalar = tf.TensorSpec([], tf.int32)
+        self._reset = tf.function(self._reset_graph, input_signature=[scalar])
+        self._prefill = tf.function(self._prefill_graph, input_signature=[scalar, vector])
         size = 1
         while True:  # only the scratch row is written: every slot stays zero
             self._step(np.full(size, slots, np.int32), np.zeros(size, np.int32))
             if size >= slots:
                 break
             size *= 2
+        self._prefill(np.int32(slots), np.zeros(2, np.int32))
         self._reset(np.int32(slots))
 
     def reset(self, slot: int) -> None:
@@ -109,6 +115,11 @@ class TFStepRunner(WeightsView):
         padded_ids[:n] = ids
         return self._step(padded_slots, padded_ids).numpy()[:n]
 
+    def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
+        """Feed `ids` one after another to the sequence in `slot`; returns the logits after
+        each of them [len(ids), vocab]."""
+        return self._prefill(np.int32(slot), np.asarray(ids, np.int32)).numpy()
+
     def _step_graph(self, slots, ids):
         import tensorflow as tf
 
@@ -123,6 +134,28 @@ class TFStepRunner(WeightsView):
                                tf.sigmoid, tf.tanh)
             x = new[-layer.state_parts]  # h, the layer's output
         self.state.scatter_update(tf.IndexedSlices(tf.concat(new, axis=1), slots))
+        return x @ self.out_kernel + self.out_bias
+
+    def _prefill_graph(self, slot, ids):
+        import tensorflow as tf
+
+        old = tf.split(tf.gather(self.state, slot[None]), self.state_widths, axis=1)
+        final, x = [], None
+        for index, (layer, variables) in enumerate(
+                zip(self.weights.layers, self.layer_variables, strict=True)):
+            kernel, bias, recurrent, recurrent_bias = variables
+            inputs = tf.gather(self.input_table, ids) if index == 0 else x @ kernel + bias
+
+            def advance(state, gates, layer=layer, recurrent=recurrent,
+                        recurrent_bias=recurrent_bias):
+                return cell_update(layer, gates[None], state, recurrent, recurrent_bias,
+                                   tf.sigmoid, tf.tanh)
+
+            parts = old[len(final):len(final) + layer.state_parts]
+            states = tf.scan(advance, inputs, initializer=parts)  # each [len(ids), 1, width]
+            final += [part[-1] for part in states]
+            x = states[0][:, 0, :]  # h at every position: the next layer's input
+        self.state.scatter_update(tf.IndexedSlices(tf.concat(final, axis=1), slot[None]))
         return x @ self.out_kernel + self.out_bias
 
     def _reset_graph(self, slot):

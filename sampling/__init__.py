@@ -1,6 +1,6 @@
 """Continuous-batching sampling engine (plain Python + NumPy, no Ray)."""
 
-from sampling.engine import SamplingEngine, SequenceHandle, sample_next
+from sampling.engine import SamplingEngine, SequenceHandle
 from sampling.scheduler import QueueFull, Scheduler, Sequence
 
-__all__ = ["QueueFull", "SamplingEngine", "Scheduler", "Sequence", "SequenceHandle", "sample_next"]
+__all__ = ["QueueFull", "SamplingEngine", "Scheduler", "Sequence", "SequenceHandle"]

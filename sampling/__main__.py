@@ -1,9 +1,10 @@
 """Offline sampling from a registered char-RNN, without a server.
 
     python -m sampling --name shakespeare --prime "ROMEO:" --max_length 1000 \
-        --temperature 0.8 --top_k 5 --seed 1
+        --temperature 0.8 --top_k 5 --seed 1 [--runner auto|numpy|tensorflow]
 
-Runs the same runner and engine as the Generator deployment, so a seed gives the same text
+Runs the same runner choice and engine as the Generator deployment (`--runner auto`: the
+TensorFlow runner where TensorFlow sees a GPU, NumPy otherwise), so a seed gives the same text
 offline and over HTTP.
 """
 
@@ -16,14 +17,14 @@ import sys
 from models.artifacts import load_charrnn
 from models.config import SampleConfig
 from models.flags import add_config_flags, config_from_flags
-from models.runner import StepRunner
+from models.runner_choice import RUNNER_SETTINGS, build_runner
 from registry import NotFound, Registry, Settings
 from sampling.engine import SamplingEngine
 
 
-async def _generate(directory: str, sample: SampleConfig) -> str:
+async def _generate(directory: str, sample: SampleConfig, runner: str) -> str:
     model, config, vocab = load_charrnn(directory)
-    engine = SamplingEngine(StepRunner.from_model(model, config), vocab, max_batch=1)
+    engine = SamplingEngine(build_runner(model, config, runner), vocab, max_batch=1)
     loop = asyncio.create_task(engine.run())
     try:
         return await engine.submit(sample).result()
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", required=True, help="model name in the registry")
     parser.add_argument("--version", type=int, default=None, help="default: production")
+    parser.add_argument("--runner", choices=RUNNER_SETTINGS, default="auto",
+                        help="step runner (auto: TensorFlow on a GPU, NumPy otherwise)")
     Settings.add_flags(parser)
     add_config_flags(parser, SampleConfig)
     args = parser.parse_args(argv)
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if record.kind != "charrnn":
         print(f"error: {args.name} is a {record.kind} model, not a char-RNN", file=sys.stderr)
         return 2
-    print(sample.prime + asyncio.run(_generate(directory, sample)))
+    print(sample.prime + asyncio.run(_generate(directory, sample, args.runner)))
     return 0
 
 

@@ -2,7 +2,15 @@
 
 Each `step()` runs ONE batched runner step over every active sequence of the model: those
 still reading their prime and those generating. Requests join and leave between steps
-(continuous batching), so a short request never waits for a long one to finish.
+(continuous batching), so a short request never waits for a long one to finish. The step's
+bookkeeping is vectorised over the batch (sampling/slots.py, sampling/sampler.py); only
+sequences with stop strings or logprobs take a per-character Python path.
+
+A long prime need not cost one shared step per character: with `prefill_chars` > 0, a
+sequence still reading its prime first feeds up to that many prime characters per step through
+the runner's `prefill` (a pass over many characters of one sequence), the budget shared by all
+sequences reading a prime, so a step's extra work stays bounded (a cancelled request stops
+within one step) and generating sequences keep a steady pace. The text is the same either way.
 
 Prime characters outside the vocabulary map to the unknown id 0 (the model has seen that id
 for rare characters in training); the sampler never emits id 0. An empty prime starts from a
@@ -21,53 +29,16 @@ import numpy as np
 from models.config import SampleConfig
 from models.runner import StepRunner
 from models.vocab import Vocab
-from sampling.scheduler import Scheduler, Sequence
+from sampling.sampler import char_logprobs, random_key
+from sampling.scheduler import QueueFull, Scheduler, Sequence
+from sampling.slots import SlotTable
 from sampling.stops import release_held
 
 logger = logging.getLogger(__name__)
 
-
-def sample_next(logits: np.ndarray, sequences: list[Sequence]) -> np.ndarray:
-    """One id per row from softmax(logits / temperature), restricted to the top_k and then to
-    the top_p nucleus, drawn with each sequence's own RNG so a seed gives the same text
-    whatever else shares the batch."""
-    logits = logits.astype(np.float64)
-    logits[:, 0] = -np.inf  # never emit the unknown symbol
-    temperature = np.array([s.temperature for s in sequences])[:, None]
-    scaled = logits / temperature
-    for row, sequence in enumerate(sequences):
-        k = sequence.top_k
-        if 0 < k < scaled.shape[1]:
-            threshold = np.partition(scaled[row], -k)[-k]
-            scaled[row, scaled[row] < threshold] = -np.inf
-        if sequence.top_p < 1.0:
-            _keep_nucleus(scaled[row], sequence.top_p)
-    scaled -= scaled.max(axis=1, keepdims=True)
-    probs = np.exp(scaled)
-    cumulative = np.cumsum(probs, axis=1)
-    draws = np.array([s.rng.random() for s in sequences]) * cumulative[:, -1]
-    choice = (cumulative < draws[:, None]).sum(axis=1)
-    return np.minimum(choice, logits.shape[1] - 1)
-
-
-def _keep_nucleus(scaled: np.ndarray, top_p: float) -> None:
-    """In place: keep the fewest most likely ids whose probabilities reach top_p (at least one)."""
-    order = np.argsort(-scaled, kind="stable")
-    probs = np.exp(scaled[order] - scaled[order[0]])
-    cumulative = np.cumsum(probs / probs.sum())
-    keep = int(np.searchsorted(cumulative, top_p)) + 1
-    scaled[order[keep:]] = -np.inf
-
-
-def char_logprobs(logits: np.ndarray, chosen: int, top: int, chars: list[str]) -> tuple:
-    """`(logprob of the chosen id, ((char, logprob), ...) for the `top` most likely)`, from the
-    model's own distribution (temperature 1, no top-k/top-p) over the ids it may emit."""
-    row = logits.astype(np.float64)
-    row[0] = -np.inf
-    row -= row.max()
-    logprobs = row - np.log(np.exp(row).sum())
-    best = np.argsort(-logprobs, kind="stable")[:top]
-    return float(logprobs[chosen]), tuple((chars[i], float(logprobs[i])) for i in best)
+# Prime characters per step fed outside the shared batch (see the module's docstring; measured
+# in BENCHMARKS.md, Sampling engine: long primes).
+DEFAULT_PREFILL_CHARS = 64
 
 
 class SequenceHandle:
@@ -98,6 +69,13 @@ class SequenceHandle:
             self.finished_at, self.reason = time.perf_counter(), reason
             self._queue.put_nowait(None)
 
+    @property
+    def prompt_logprobs(self) -> list[tuple | None]:
+        """With logprobs asked: one entry per prime character (as `logprobs`' entries; None
+        for the first, which nothing predicts, and for characters outside the vocabulary),
+        complete once the first character is delivered. Empty without logprobs."""
+        return self.sequence.prompt_logprobs or []
+
     def cancel(self) -> None:
         self.sequence.cancelled = True
 
@@ -124,19 +102,28 @@ class SequenceHandle:
 
 class SamplingEngine:
     def __init__(self, runner: StepRunner, vocab: Vocab, max_batch: int = 64,
-                 max_waiting: int = 1024, on_finish: Callable[[str], None] | None = None):
+                 max_waiting: int = 1024, on_finish: Callable[[str], None] | None = None,
+                 prefill_chars: int = DEFAULT_PREFILL_CHARS):
         self.runner, self.vocab = runner, vocab
         self.on_finish = on_finish  # called with each request's finish reason, on the loop
+        self.prefill_chars = prefill_chars  # 0: a prime is fed one character per shared step
         self.scheduler = Scheduler(max_batch, max_waiting)
         runner.allocate(max_batch)
+        self.table = SlotTable(max_batch)
         self.start_id = vocab.encode("\n")[0] if "\n" in vocab.chars else 0
-        self.handles: dict[int, SequenceHandle] = {}
+        # Each id's character as a UTF-32 code unit: a hop's ids become text in one decode.
+        self._char_units = np.array(vocab.chars, dtype="<U1")
+        self.handles: dict[int, SequenceHandle] = {}  # by request id, until its end is delivered
         self.occupancy: list[int] = []  # batch size of each step since the last drain
+        self._batch: _Batch | None = None  # the running sequences as arrays; None: changed
+        self._prefilling: list[Sequence] = []  # running, with more prompt than the next id
         # Output of the steps run since the last delivery, handed to the handles on the event
         # loop in one go: a thread-safe wake-up per character cost more than the step itself.
-        self._chars: dict[SequenceHandle, list[str]] = {}
+        # Sequences without stop strings or logprobs: (request ids, char ids) per step.
+        self._sampled: list[tuple[np.ndarray, np.ndarray]] = []
+        self._chars: dict[SequenceHandle, list[str]] = {}  # the others' released text
         self._logprobs: dict[SequenceHandle, list[tuple]] = {}
-        self._ended: list[tuple[SequenceHandle, str]] = []
+        self._ended: list[tuple[int, str]] = []  # (request id, reason)
         self._wake = asyncio.Event()
         self._closed = False
 
@@ -147,19 +134,44 @@ class SamplingEngine:
     def submit(self, sample: SampleConfig, deadline_s: float | None = None) -> SequenceHandle:
         """Queue a request (raises QueueFull at the bound); it joins at the next step."""
         prompt = [int(i) for i in self.vocab.encode(sample.prime)] or [self.start_id]
+        asks_logprobs = sample.logprobs is not None
         sequence = Sequence(
             prompt_ids=prompt, max_length=sample.max_length, temperature=sample.temperature,
             top_k=sample.top_k, top_p=sample.top_p, stop=sample.stop, logprobs=sample.logprobs,
-            rng=np.random.default_rng(sample.seed),
-            deadline=time.monotonic() + deadline_s if deadline_s else None)
+            key=random_key(sample.seed),
+            deadline=time.monotonic() + deadline_s if deadline_s else None,
+            prompt_logprobs=([None] if sample.prime else []) if asks_logprobs else None)
         handle = SequenceHandle(sequence)
-        self.scheduler.add(sequence)
         self.handles[sequence.request_id] = handle
+        try:  # the handle first: the worker thread may admit the sequence at once
+            self.scheduler.add(sequence)
+        except QueueFull:
+            del self.handles[sequence.request_id]
+            raise
         self._wake.set()
         return handle
 
     def step(self) -> int:
         """Run one batched step; returns how many sequences it advanced."""
+        batch = self._schedule()
+        if batch is None:
+            return 0
+        self._prefill()
+        slots = batch.slots
+        logits = self.runner.step(slots, self.table.next_id[slots])
+        reading = self.table.prompt_left[slots] > 1  # fed a prompt id that is not the last
+        if reading.any():
+            for row in np.flatnonzero(reading):
+                self._prompt_fed(batch.sequences[row], logits[row:row + 1])
+            self._sample(logits, np.flatnonzero(~reading))
+        else:
+            self._sample(logits, batch.rows)
+        self.occupancy.append(len(slots))
+        return len(slots)
+
+    def _schedule(self) -> _Batch | None:
+        """Admit and drop at the step boundary; the running sequences as arrays (rebuilt only
+        when they changed), or None when nothing runs."""
         running, admitted, dropped = self.scheduler.schedule()
         for sequence in dropped:
             if not sequence.cancelled:
@@ -167,25 +179,61 @@ class SamplingEngine:
             self._end(sequence, "cancelled" if sequence.cancelled else "deadline")
         for sequence in admitted:
             self.runner.reset(sequence.slot)
-        if not running:
-            return 0
-        slots = np.fromiter((s.slot for s in running), np.int64, len(running))
-        ids = np.fromiter((s.next_input() for s in running), np.int64, len(running))
-        logits = self.runner.step(slots, ids)
-        sampling = [i for i, s in enumerate(running) if s.sampling]
-        for sequence in running:
-            sequence.fed = min(sequence.fed + 1, len(sequence.prompt_ids))
-        if sampling:
-            chosen = sample_next(logits[sampling], [running[i] for i in sampling])
-            for row, char_id in zip(sampling, chosen, strict=True):
-                self._accept(running[row], int(char_id), logits[row])
-        self.occupancy.append(len(running))
-        return len(running)
+            self.table.load(sequence)
+            if len(sequence.prompt_ids) > 1:
+                self._prefilling.append(sequence)
+        if admitted or dropped or self._batch is None:
+            self._batch = _Batch(running) if running else None
+        return self._batch
+
+    def _prefill(self) -> None:
+        """Feed sequences reading a prime up to `prefill_chars` prime characters in all, each
+        keeping its last prime character for the shared step (whose logits it samples)."""
+        self._prefilling = [s for s in self._prefilling
+                            if not s.done and self.table.prompt_left[s.slot] > 1]
+        budget = self.prefill_chars
+        for sequence in self._prefilling:
+            if budget <= 0:
+                break
+            fed = self.table.prompt_fed(sequence)
+            count = min(budget, len(sequence.prompt_ids) - 1 - fed)
+            ids = np.asarray(sequence.prompt_ids[fed:fed + count], np.int64)
+            self._prompt_fed(sequence, self.runner.prefill(sequence.slot, ids))
+            budget -= count
+
+    def _prompt_fed(self, sequence: Sequence, logits: np.ndarray) -> None:
+        """The next `len(logits)` prompt ids were fed: note the logprobs of the prompt
+        characters they predict, if asked, and move to the next prompt id."""
+        if sequence.prompt_logprobs is not None:
+            fed = self.table.prompt_fed(sequence)
+            predicted = sequence.prompt_ids[fed + 1:fed + 1 + len(logits)]
+            sequence.prompt_logprobs += [
+                None if char_id == 0 else  # outside the vocabulary: the model never emits it
+                char_logprobs(row, char_id, sequence.logprobs, self.vocab.chars)
+                for row, char_id in zip(logits, predicted, strict=True)]
+        self.table.advance_prompt(sequence, len(logits))
+
+    def _sample(self, logits: np.ndarray, rows: np.ndarray) -> None:
+        """Sample the next character of the sequences in `rows`, record it, retire those
+        that are done."""
+        if not len(rows):
+            return
+        batch, table = self._batch, self.table
+        slots = batch.slots[rows]
+        chosen = table.sample(logits[rows], slots)
+        slow = batch.slow[rows]
+        fast = ~slow
+        if fast.any():
+            self._sampled.append((table.owner[slots[fast]], chosen[fast]))
+        for row in np.flatnonzero(fast & (table.generated[slots] >= table.max_length[slots])):
+            self._retire(batch.sequences[rows[row]], "length")
+        for row in np.flatnonzero(slow):
+            self._accept(batch.sequences[rows[row]], int(chosen[row]), logits[rows[row]])
 
     def _accept(self, sequence: Sequence, char_id: int, logits: np.ndarray) -> None:
-        """A sampled character: deliver it (or hold it back while it may start a stop string),
-        and retire the sequence at its length or its first stop string."""
-        sequence.generated.append(char_id)
+        """A sampled character of a sequence with stop strings or logprobs: deliver it (or
+        hold it back while it may start a stop string), and retire the sequence at its length
+        or its first stop string."""
         entry = None if sequence.logprobs is None else char_logprobs(
             logits, char_id, sequence.logprobs, self.vocab.chars)
         sequence.held.append((self.vocab.chars[char_id], entry))
@@ -193,15 +241,18 @@ class SamplingEngine:
             ready, stopped = release_held("".join(c for c, _ in sequence.held), sequence.stop)
         else:
             ready, stopped = 1, False
-        finished = "stop" if stopped else (
-            "length" if len(sequence.generated) >= sequence.max_length else None)
-        if finished == "length":
+        at_length = self.table.generated[sequence.slot] >= sequence.max_length
+        if at_length and not stopped:
             ready = len(sequence.held)  # no stop string can complete any more
         self._release(sequence, ready)
-        if finished:
+        if stopped or at_length:
             sequence.held.clear()  # after a stop: the stop string, never delivered
-            self.scheduler.retire(sequence)
-            self._end(sequence, finished)
+            self._retire(sequence, "stop" if stopped else "length")
+
+    def _retire(self, sequence: Sequence, reason: str) -> None:
+        self._end(sequence, reason)
+        self.scheduler.retire(sequence)
+        self._batch = None
 
     def _release(self, sequence: Sequence, count: int) -> None:
         """Deliver the first `count` held characters at the next `deliver()`."""
@@ -214,18 +265,38 @@ class SamplingEngine:
             self._logprobs.setdefault(handle, []).extend(e for _, e in released)
 
     def _end(self, sequence: Sequence, reason: str) -> None:
-        self._ended.append((self.handles.pop(sequence.request_id), reason))
+        if sequence.slot is not None:  # its slot is not reloaded before this step's admissions
+            sequence.generated = int(self.table.generated[sequence.slot])
+        self._ended.append((sequence.request_id, reason))
+
+    def _sampled_text(self) -> dict[SequenceHandle, str]:
+        """The fast path's characters since the last delivery, as text per request (in the
+        order sampled)."""
+        if not self._sampled:
+            return {}
+        owners, ids = (np.concatenate(part) for part in zip(*self._sampled, strict=True))
+        self._sampled = []
+        order = np.argsort(owners, kind="stable")
+        owners = owners[order]
+        text = self._char_units[ids[order]].tobytes().decode("utf-32-le")
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        ends = np.r_[starts[1:], len(owners)]
+        return {self.handles[int(owners[start])]: text[start:end]
+                for start, end in zip(starts.tolist(), ends.tolist(), strict=True)}
 
     def deliver(self) -> None:
         """On the event loop: pass the text sampled since the last call to its handles, then
         end the finished ones (text first, so a finished stream is complete)."""
+        sampled = self._sampled_text()
         chars, self._chars = self._chars, {}
         logprobs, self._logprobs = self._logprobs, {}
         ended, self._ended = self._ended, []
+        for handle, text in sampled.items():
+            handle._emit(text, [])
         for handle, pieces in chars.items():
             handle._emit("".join(pieces), logprobs.get(handle, []))
-        for handle, reason in ended:
-            handle._finish(reason)
+        for request_id, reason in ended:
+            self.handles.pop(request_id)._finish(reason)
             if self.on_finish is not None:
                 self.on_finish(reason)
 
@@ -248,9 +319,9 @@ class SamplingEngine:
             self.deliver()
 
     def _end_all(self, reason: str) -> None:
-        for sequence in self.scheduler.clear():
-            if sequence.request_id in self.handles:
-                self._end(sequence, reason)
+        for sequence in self.scheduler.clear():  # the ones not ended yet
+            self._end(sequence, reason)
+        self._batch, self._prefilling = None, []
 
     def _steps_for(self, seconds: float) -> None:
         """Several steps per hop to the worker thread: the hop costs more than a small step.
@@ -274,3 +345,14 @@ class SamplingEngine:
             await asyncio.sleep(0.05)
         self._closed = True
         self._wake.set()
+
+
+class _Batch:
+    """The running sequences of a step, in row order, with their slots and which of them take
+    the per-character path (stop strings, logprobs)."""
+
+    def __init__(self, sequences: list[Sequence]):
+        self.sequences = sequences
+        self.slots = np.fromiter((s.slot for s in sequences), np.int64, len(sequences))
+        self.slow = np.fromiter((s.slow for s in sequences), bool, len(sequences))
+        self.rows = np.arange(len(sequences))

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
+from sampling.sampler import random_key
 
 
 class QueueFull(Exception):
@@ -26,35 +26,34 @@ _ids = itertools.count()
 
 @dataclass(eq=False)
 class Sequence:
-    prompt_ids: list[int]  # fed one per step before sampling starts (never empty)
+    prompt_ids: list[int]  # fed before sampling starts (never empty)
     max_length: int
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     stop: tuple[str, ...] = ()  # the text ends before the first of these (sampling/stops.py)
     logprobs: int | None = None  # alternatives to report per character (None: no logprobs)
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    key: int = field(default_factory=lambda: random_key(None))  # its random stream (sampler.py)
     deadline: float | None = None  # time.monotonic() after which it is retired unfinished
     request_id: int = field(default_factory=lambda: next(_ids))
     slot: int | None = None
-    fed: int = 0  # prompt ids already fed
-    generated: list[int] = field(default_factory=list)
+    generated: int = 0  # characters sampled: the engine counts them per slot, this when it ends
     # Sampled characters not delivered yet (each with its logprobs, or None): they may be the
     # start of a stop string.
     held: list[tuple[str, tuple | None]] = field(default_factory=list)
+    # Per prompt character when logprobs are asked (the first has none): filled while the
+    # prompt is fed, so complete before the first sampled character.
+    prompt_logprobs: list[tuple | None] | None = None
     cancelled: bool = False
     done: bool = False
 
-    def next_input(self) -> int:
-        return self.prompt_ids[self.fed] if self.fed < len(self.prompt_ids) else self.generated[-1]
-
-    @property
-    def sampling(self) -> bool:
-        """True when this step's output is a new character (the prompt has been fed)."""
-        return self.fed >= len(self.prompt_ids) - 1
-
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
+
+    @property
+    def slow(self) -> bool:
+        """Needs per-character Python after sampling: stop strings to watch, or logprobs."""
+        return bool(self.stop) or self.logprobs is not None
 
 
 class Scheduler:

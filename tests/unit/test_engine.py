@@ -74,7 +74,7 @@ def test_cancel_frees_the_slot_for_a_waiting_request(runner_factory):
         return long, text
 
     long, text = run(go, runner_factory, max_batch=1)
-    assert long.reason == "cancelled" and len(long.sequence.generated) < 10_000
+    assert long.reason == "cancelled" and long.sequence.generated < 10_000
     assert len(text) == 5
 
 
@@ -139,3 +139,50 @@ def test_a_failing_step_ends_its_requests_and_the_engine_serves_on(runner_factor
     broken, after = run(go, lambda: flaky, on_finish=finished.append)
     assert broken.reason == "error" and len(after) == 30
     assert finished == ["error", "length"]
+
+
+LONG_PRIME = ("abc defgh \n" * 40)[:400]
+
+
+@pytest.mark.parametrize("prefill_chars", [0, 7, 1000], ids=["off", "budget", "whole"])
+def test_a_long_prime_gives_the_same_text_with_prefill_off_or_on(runner_factory, prefill_chars):
+    """Prefill outside the shared step changes when prime characters are fed, not what
+    follows from them, whatever else reads a prime or generates alongside."""
+    request = SampleConfig(prime=LONG_PRIME, max_length=40, temperature=0.9, seed=8, logprobs=2)
+
+    async def crowded(engine):
+        others = [engine.submit(SampleConfig(prime=LONG_PRIME[:n], max_length=30, seed=n))
+                  for n in (1, 5, 90)]
+        handle = engine.submit(request)
+        text = await handle.result()
+        return text, handle.prompt_logprobs, await asyncio.gather(*(o.result() for o in others))
+
+    alone = run(lambda e: e.submit(request).result(), runner_factory, prefill_chars=0)
+    text, prompt_logprobs, others = run(crowded, runner_factory, prefill_chars=prefill_chars)
+    assert text == alone
+    assert len(prompt_logprobs) == len(LONG_PRIME) and prompt_logprobs[0] is None
+    _, expected_logprobs, expected_others = run(crowded, runner_factory, prefill_chars=0)
+    assert others == expected_others
+    for entry, (chosen, top) in zip(prompt_logprobs[1:], expected_logprobs[1:], strict=True):
+        assert entry[0] == pytest.approx(chosen, abs=1e-5) and len(entry[1]) == len(top) == 2
+
+
+def test_a_cancelled_prefill_stops_within_one_step(runner_factory):
+    """Each step feeds at most `prefill_chars` prime characters: a request cancelled while
+    reading a long prime costs no more than that one step."""
+    fed = []
+    runner = runner_factory()
+    prefill = runner.prefill
+    runner.prefill = lambda slot, ids: fed.append(len(ids)) or prefill(slot, ids)
+
+    async def go():
+        engine = SamplingEngine(runner, VOCAB, prefill_chars=16)
+        handle = engine.submit(SampleConfig(prime=LONG_PRIME, max_length=5))
+        engine.step()
+        handle.cancel()
+        engine.step()
+        engine.deliver()
+        return handle, await handle.result()
+
+    handle, text = asyncio.run(go())
+    assert fed == [16] and handle.reason == "cancelled" and text == ""

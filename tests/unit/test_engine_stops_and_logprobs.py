@@ -54,7 +54,7 @@ def test_a_stop_string_ends_the_text_before_it_and_frees_the_slot(runner_factory
 
     stopped, text, queued = run(go, runner_factory, max_batch=1)
     assert text == free[:cut] and stopped.reason == "stop"
-    assert len(stopped.sequence.generated) == cut + len(stop)  # retired at once, not at 300
+    assert stopped.sequence.generated == cut + len(stop)  # retired at once, not at 300
     assert len(queued) == 5
 
 

@@ -13,16 +13,16 @@ def seq(length: int = 3, prompt=(1,)) -> Sequence:
 
 def run_to_completion(scheduler: Scheduler, max_steps: int = 1000) -> list[int]:
     """Drive the scheduler like the engine does; returns the request ids in finishing order."""
-    finished = []
+    finished, fed = [], {}
     for _ in range(max_steps):
         running, _, _ = scheduler.schedule()
         if not running and not scheduler.waiting:
             return finished
         for s in running:
-            s.fed = min(s.fed + 1, len(s.prompt_ids))
-            if s.fed >= len(s.prompt_ids):
-                s.generated.append(1)
-                if len(s.generated) >= s.max_length:
+            fed[s] = min(fed.get(s, 0) + 1, len(s.prompt_ids))
+            if fed[s] >= len(s.prompt_ids):
+                s.generated += 1
+                if s.generated >= s.max_length:
                     scheduler.retire(s)
                     finished.append(s.request_id)
     raise AssertionError("requests starved")

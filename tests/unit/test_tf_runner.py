@@ -66,6 +66,34 @@ def test_tf_runner_matches_numpy_runner(cell, use_embedding, jit_compile):
     assert used  # the schedule did run steps
 
 
+@pytest.mark.parametrize("use_embedding", [False, True], ids=["one_hot", "embedding"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_prefill_is_the_steps_of_one_sequence_on_either_runner(cell, use_embedding):
+    """A prefill of many ids gives the logits and state of feeding them one step at a time,
+    in a slot whose neighbours run batched steps in between."""
+    config = CharRNNConfig(vocab_size=23, cell=cell, num_layers=2, lstm_size=16,
+                           use_embedding=use_embedding, embedding_size=8)
+    model = random_model(config)
+    stepped, numpy_runner = StepRunner.from_model(model, config), StepRunner.from_model(model,
+                                                                                         config)
+    tf_runner = TFStepRunner.from_model(model, config)
+    rng = np.random.default_rng(3)
+    for runner in (stepped, numpy_runner, tf_runner):
+        runner.allocate(SLOTS)
+    for chunk in (rng.integers(0, 23, 17), rng.integers(0, 23, 1), rng.integers(0, 23, 9)):
+        expected = np.concatenate([stepped.step(np.array([4]), chunk[i:i + 1])
+                                   for i in range(len(chunk))])
+        np.testing.assert_allclose(numpy_runner.prefill(4, chunk), expected, rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(tf_runner.prefill(4, chunk), expected, rtol=1e-5, atol=1e-5)
+        neighbours, ids = np.array([0, 5, 8]), rng.integers(0, 23, 3)
+        expected = stepped.step(neighbours, ids)
+        np.testing.assert_allclose(numpy_runner.step(neighbours, ids), expected, rtol=1e-5)
+        np.testing.assert_allclose(tf_runner.step(neighbours, ids), expected, rtol=1e-5,
+                                   atol=1e-5)
+    assert tf_runner._prefill.experimental_get_tracing_count() == 1
+
+
 def test_step_is_traced_once_for_every_batch_size():
     config = CharRNNConfig(vocab_size=23, lstm_size=8, num_layers=1)
     runner = TFStepRunner.from_model(random_model(config), config)
