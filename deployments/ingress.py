@@ -31,9 +31,13 @@ from deployments.protocols.openai_routes import OpenAIRoutes
 from deployments.protocols.tfserving_routes import TFServingRoutes
 from deployments.schemas import (
     DB_INT_MAX,
+    MODEL_CURSOR,
+    PAGE_LIMIT,
+    VERSION_CURSOR,
     VERSION_PATH,
     GenerateRequest,
     PromoteRequest,
+    next_cursor,
     sample_config,
 )
 from deployments.training_jobs import TrainingJobs
@@ -43,7 +47,6 @@ from trainers.families import FAMILIES
 logger = logging.getLogger("ray.serve")
 PAGE = Path(__file__).with_name("web") / "index.html"
 FORM_FIELDS = ("file", "name", "kind")
-MAX_PAGE = 500  # models per page of GET /models
 
 app = FastAPI(title="rnnserve", version="0.1.0",
               description="Train character-level RNN/LSTM models on Ray and serve them.")
@@ -152,17 +155,20 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
     # thread pool, so a slow database (or SQLite waiting on a writer's lock) holds a thread,
     # never this replica's event loop and the requests on it.
     @app.get("/models")
-    def list_models(self, limit: int = Query(100, ge=1, le=MAX_PAGE),
-                    cursor: str | None = Query(None, max_length=64)) -> dict:
+    def list_models(self, limit: int = PAGE_LIMIT, cursor: str | None = MODEL_CURSOR) -> dict:
         """Models in name order, `limit` per page; pass `next_cursor` back for the next page
         (null on the last)."""
         models = self.registry.list_models(limit=limit, after=cursor)
-        return {"models": models,
-                "next_cursor": models[-1]["name"] if len(models) == limit else None}
+        return {"models": models, "next_cursor": next_cursor(models, limit, "name")}
 
     @app.get("/models/{name}")
-    def get_model(self, name: str) -> dict:
-        return self.registry.get_model(validate_name(name))
+    def get_model(self, name: str, limit: int = PAGE_LIMIT,
+                  cursor: int | None = VERSION_CURSOR) -> dict:
+        """The model's summary (as in GET /models), its aliases, and its versions in number
+        order, `limit` per page; pass `next_cursor` back for the next page (null on the
+        last)."""
+        detail = self.registry.get_model(validate_name(name), limit=limit, after=cursor or 0)
+        return {**detail, "next_cursor": next_cursor(detail["versions"], limit, "version")}
 
     @app.get("/models/{name}/versions/{version}/logs")
     def logs(self, name: str, version: int = VERSION_PATH,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from deployments.errors import ApiError
@@ -16,6 +16,20 @@ from models.config import SampleConfig, field_types
 DB_INT_MAX = 2**31 - 1
 # A version number in a route's path: 1 up to what the registry's column holds.
 VERSION_PATH = Path(..., ge=1, le=DB_INT_MAX)
+# Paged lists (GET /models, a model's versions in GET /models/{name}): items per page, and
+# the page after the one whose last item's key is passed back as `cursor`.
+PAGE_LIMIT = Query(100, ge=1, le=500, description="items per page")
+_CURSOR = "the `next_cursor` of the page before (none: the first page)"
+MODEL_CURSOR = Query(None, max_length=64, description=_CURSOR)  # a model name
+VERSION_CURSOR = Query(None, ge=1, le=DB_INT_MAX, description=_CURSOR)  # a version number
+
+
+def next_cursor(page: list[dict], limit: int, key: str):
+    """The cursor of the page after `page`: its last item's `key`; None when `page` is the
+    last (shorter than `limit`)."""
+    return page[-1][key] if len(page) == limit else None
+
+
 # A version label in a route's path: an alias of the registry (its column holds 32 characters).
 LABEL_PATH = Path(..., min_length=1, max_length=32,
                   description="a version label: an alias such as `production`")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -86,6 +87,60 @@ def _json(value) -> dict:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _summary_columns() -> list:
+    """A model's summary as columns of a query over `models` (read back by `_summary`): its
+    latest version and that version's status, its production version and the metrics of the
+    version it serves; each a correlated subquery, so a page of models is one query."""
+    m, a = schema.models, schema.aliases
+    # One alias of the versions table per subquery, each correlated with the outer model row
+    # only (nested subqueries on one table would otherwise correlate with each other).
+    v_latest, v_status, v_ready, v_metrics = (schema.versions.alias() for _ in range(4))
+
+    def per_model(column, v, *conditions):
+        return (sa.select(column).where(v.c.model_id == m.c.id, *conditions)
+                .correlate(m).scalar_subquery())
+
+    production = per_model(a.c.version, a, a.c.alias == PRODUCTION)
+    latest = per_model(sa.func.max(v_latest.c.version), v_latest)
+    latest_ready = per_model(sa.func.max(v_ready.c.version), v_ready,
+                             v_ready.c.status == "ready")
+    # What a request naming no version is served: production, else the latest ready one.
+    served = sa.func.coalesce(production, latest_ready)
+    return [m.c.name, m.c.kind, m.c.created_at, latest.label("latest_version"),
+            per_model(v_status.c.status, v_status, v_status.c.version == latest).label("status"),
+            production.label("production_version"),
+            per_model(v_metrics.c.metrics, v_metrics, v_metrics.c.version == served)
+            .label("metrics")]
+
+
+def _summary(row) -> dict:
+    return {"name": row.name, "kind": row.kind, "created_at": _iso(row.created_at),
+            "latest_version": row.latest_version, "status": row.status,
+            "production_version": row.production_version, "metrics": _json(row.metrics)}
+
+
+# A model's aliases in one column, `alias=version` a line: few per model (MySQL's group_concat
+# cuts at 1024 bytes), named by the code (production), never by a request.
+_ALIAS_SEPARATOR = "\n"
+
+
+def _aliases_column():
+    m, a = schema.models, schema.aliases
+    line = a.c.alias + "=" + sa.cast(a.c.version, sa.String)
+    return (sa.select(sa.func.aggregate_strings(line, _ALIAS_SEPARATOR))
+            .where(a.c.model_id == m.c.id).correlate(m).scalar_subquery())
+
+
+def _aliases(column: str | None) -> dict[str, int]:
+    pairs = (line.rpartition("=") for line in (column or "").split(_ALIAS_SEPARATOR) if line)
+    return {alias: int(version) for alias, _, version in pairs}
+
+
+def _version_columns(row) -> SimpleNamespace:
+    """The `versions` columns of a row that holds them prefixed `v_` (beside other tables')."""
+    return SimpleNamespace(**{c.name: getattr(row, f"v_{c.name}") for c in schema.versions.c})
 
 
 def _make_engine(url: str) -> sa.Engine:
@@ -316,38 +371,15 @@ class Registry:
     def list_models(self, limit: int | None = None, after: str | None = None) -> list[dict]:
         """Model summaries in name order, `limit` of them after the name `after`: one query
         per page, whatever the number of models or versions."""
-        m, a = schema.models, schema.aliases
-        # One alias of the versions table per subquery, each correlated with the outer model
-        # row only (nested subqueries on one table would otherwise correlate with each other).
-        v_latest, v_status, v_ready, v_metrics = (schema.versions.alias() for _ in range(4))
-
-        def per_model(column, v, *conditions):
-            return (sa.select(column).where(v.c.model_id == m.c.id, *conditions)
-                    .correlate(m).scalar_subquery())
-
-        production = per_model(a.c.version, a, a.c.alias == PRODUCTION)
-        latest = per_model(sa.func.max(v_latest.c.version), v_latest)
-        latest_ready = per_model(sa.func.max(v_ready.c.version), v_ready,
-                                 v_ready.c.status == "ready")
-        # What a request naming no version is served: production, else the latest ready one.
-        served = sa.func.coalesce(production, latest_ready)
-        query = sa.select(
-            m.c.name, m.c.kind, m.c.created_at, latest.label("latest_version"),
-            per_model(v_status.c.status, v_status, v_status.c.version == latest).label("status"),
-            production.label("production_version"),
-            per_model(v_metrics.c.metrics, v_metrics, v_metrics.c.version == served)
-            .label("metrics"),
-        ).order_by(m.c.name)
+        m = schema.models
+        query = sa.select(*_summary_columns()).order_by(m.c.name)
         if after is not None:
             query = query.where(m.c.name > after)
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [{"name": row.name, "kind": row.kind, "created_at": _iso(row.created_at),
-                 "latest_version": row.latest_version, "status": row.status,
-                 "production_version": row.production_version,
-                 "metrics": _json(row.metrics)} for row in rows]
+        return [_summary(row) for row in rows]
 
     def versions_with_status(self, statuses: tuple[str, ...]) -> list[VersionRecord]:
         """Every version (of any model) in one of `statuses`, in one query."""
@@ -368,13 +400,25 @@ class Registry:
                 .group_by(schema.models.c.kind, schema.versions.c.status)).all()
         return {(kind, status): count for kind, status, count in rows}
 
-    def get_model(self, name: str) -> dict:
+    def get_model(self, name: str, limit: int | None = None, after: int = 0) -> dict:
+        """The model's summary (as list_models gives it), its aliases, and its versions in
+        number order, `limit` of them after the version `after` (None: all of them): one query
+        per page, whatever the number of versions."""
+        m, v = schema.models, schema.versions
+        model = sa.select(m.c.id.label("model_pk"), *_summary_columns(),
+                          _aliases_column().label("aliases")) \
+            .where(m.c.name == validate_name(name)).subquery()
+        # An outer join: a page past the last version is still the model's (no versions).
+        page = sa.select(model, *(c.label(f"v_{c.name}") for c in v.c)).select_from(
+            model.outerjoin(v, sa.and_(v.c.model_id == model.c.model_pk, v.c.version > after))
+        ).order_by(v.c.version).limit(limit)
         with self.engine.connect() as conn:
-            model = self._model_row(conn, name)
-            aliases = {row.alias: row.version for row in conn.execute(
-                sa.select(schema.aliases).where(schema.aliases.c.model_id == model.id))}
-        return {"name": model.name, "kind": model.kind, "created_at": _iso(model.created_at),
-                "versions": [v.to_dict() for v in self.list_versions(name)], "aliases": aliases}
+            rows = conn.execute(page).all()
+        if not rows:
+            raise NotFound(f"model {name!r} not found")
+        versions = [self._record(row, _version_columns(row)).to_dict()
+                    for row in rows if row.v_id is not None]
+        return {**_summary(rows[0]), "aliases": _aliases(rows[0].aliases), "versions": versions}
 
     def delete_model(self, name: str) -> None:
         with self.engine.begin() as conn:

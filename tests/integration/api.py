@@ -21,8 +21,11 @@ def upload(url: str, name: str, text: str, headers: dict | None = None,
 
 def wait_status(url: str, name: str, version: int, wanted: set[str], timeout: float = 400) -> dict:
     def current():
-        body = requests.get(f"{url}/models/{name}", timeout=10).json()
-        record = next(v for v in body["versions"] if v["version"] == version)
+        # The page of that one version (a cursor is the version before, none for the first).
+        after = {"cursor": version - 1} if version > 1 else {}
+        body = requests.get(f"{url}/models/{name}", params={"limit": 1, **after},
+                            timeout=10).json()
+        [record] = body["versions"]
         return record if record["status"] in wanted else None
 
     return wait_for(current, timeout, interval=1, what=f"{name} v{version} to be {wanted}")

@@ -123,3 +123,28 @@ def test_the_model_list_comes_in_bounded_pages_that_cover_every_model(slow_model
     for bad in ({"limit": 0}, {"limit": 501}, {"cursor": "x" * 65}):
         response = requests.get(f"{slow_model}/models", params=bad, timeout=10)
         assert response.status_code == 422 and "error" in response.json()
+
+
+def test_a_models_versions_come_in_bounded_pages(slow_model, registry):
+    # Versions 2-4 straight in the registry (no training job), ended at once.
+    for _ in range(3):
+        version = registry.create_version(SLOW).version
+        registry.end_version(SLOW, version, "cancelled", "made by the paging test")
+    pages, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = requests.get(f"{slow_model}/models/{SLOW}", params=params, timeout=10).json()
+        pages.append([v["version"] for v in page["versions"]])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == [[1, 2], [3, 4], []]
+    # Every page still says what it always said of the model, and its summary.
+    assert page["name"] == SLOW and page["aliases"] == {"production": 1}
+    assert (page["latest_version"], page["status"]) == (4, "cancelled")
+    whole = requests.get(f"{slow_model}/models/{SLOW}", timeout=10).json()
+    assert [v["version"] for v in whole["versions"]] == [1, 2, 3, 4]  # 100 a page by default
+    for bad in ({"limit": 0}, {"limit": 501}, {"cursor": 0}, {"cursor": 2**31},
+                {"cursor": "two"}):
+        response = requests.get(f"{slow_model}/models/{SLOW}", params=bad, timeout=10)
+        assert response.status_code == 422 and "error" in response.json()

@@ -8,6 +8,7 @@ import os
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from registry import Conflict, InvalidName, NotFound, Registry, Settings
 
@@ -249,3 +250,34 @@ def test_model_pages_summarise_each_model_and_active_versions_come_in_one_list(r
     assert [(r.name, r.version) for r in active] == [("apple", 3), ("cherry", 1)]
     assert registry.count_versions() == {("charrnn", "ready"): 2, ("charrnn", "queued"): 2,
                                          ("charrnn", "failed"): 1}
+
+
+def test_a_models_versions_come_in_pages_of_one_query_each(registry, tmp_path):
+    for _ in range(5):
+        registry.create_version("m")
+    registry.publish_version("m", 2, artifacts(tmp_path), metrics={"val_loss": 1.0})
+    registry.set_alias("m", "production", 2)
+    registry.set_alias("m", "canary", 2)
+    statements = []
+    sa.event.listen(registry.engine, "before_cursor_execute",
+                    lambda *args: statements.append(args[2]))
+    pages, after = [], 0
+    while True:
+        page = registry.get_model("m", limit=2, after=after)
+        pages.append([v["version"] for v in page["versions"]])
+        if len(page["versions"]) < 2:
+            break
+        after = page["versions"][-1]["version"]
+    assert pages == [[1, 2], [3, 4], [5]]
+    assert len(statements) == len(pages)  # one query a page
+    # Each page carries the model: its summary (as in list_models) and all its aliases.
+    assert page["aliases"] == {"production": 2, "canary": 2}
+    assert (page["latest_version"], page["status"], page["production_version"],
+            page["metrics"]) == (5, "queued", 2, {"val_loss": 1.0})
+    assert registry.get_model("m", limit=2, after=5)["versions"] == []  # past the last
+    whole = registry.get_model("m")
+    assert [v["version"] for v in whole["versions"]] == [1, 2, 3, 4, 5]
+    assert whole["versions"][1]["status"] == "ready" and whole["name"] == "m"
+    assert registry.get_model("m")["versions"][0]["params"] == {}
+    with pytest.raises(NotFound):
+        registry.get_model("nothing", limit=2)
