@@ -8,7 +8,10 @@ model's FLOPs per character; (b) the baseline, 64 requests served one at a time,
 its own sequence with a compiled (tf.function) batch-1 step, no cross-request batching;
 (c) the engine with 1..256 concurrent streams, once with each step runner (NumPy, and
 TensorFlow on whatever device TensorFlow picks: on a CPU-only machine this shows the TF
-runner's per-step overhead); and the cold start of a model no replica holds, per runner.
+runner's per-step overhead); the cold start of a model no replica holds, per runner; and
+(d) a long prime: the time to first character of a 1,000-character prime arriving while 32
+other streams generate, with the engine's prefill off (one prime character per shared step)
+and at several budgets, and what it costs the other streams.
 Weights are random: speed does not depend on their values. Writes
 benchmarks/results/sampling.json (with the device each runner ran on) and
 benchmarks/results/sampling.png.
@@ -34,6 +37,7 @@ from models.runner_choice import build_runner
 from models.tf_runner import TFStepRunner
 from models.vocab import Vocab
 from sampling import SamplingEngine
+from sampling.engine import DEFAULT_PREFILL_CHARS
 
 
 class HostOnlyRunner:
@@ -54,6 +58,9 @@ class HostOnlyRunner:
 
     def step(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.logits, (len(slots), len(self.logits)))
+
+    def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.logits, (len(ids), len(self.logits)))
 
 
 def runner_variants(model, config: CharRNNConfig) -> dict:
@@ -129,6 +136,51 @@ def best_engine_chars_per_s(runner, vocab: Vocab, streams: int, length: int,
     return max(engine_chars_per_s(runner, vocab, streams, length) for _ in range(tries))
 
 
+def long_prime_run(runner, vocab: Vocab, prefill_chars: int, others: int = 32,
+                   prime_chars: int = 1000, other_length: int = 1500) -> dict:
+    """`others` streams generate; once each has its first character, a request with a
+    `prime_chars` prime arrives. Its time to first character, and the others' aggregate chars/s
+    from its arrival until they finish (a window that holds the whole prime either way)."""
+    text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
+    prime = text[:prime_chars]
+
+    async def main():
+        engine = SamplingEngine(runner, vocab, max_batch=64, prefill_chars=prefill_chars)
+        loop = asyncio.create_task(engine.run())
+        chunks: list[list[tuple[float, int]]] = [[] for _ in range(others)]  # (when, chars)
+
+        async def read(handle, into):
+            async for chunk in handle:
+                into.append((time.perf_counter(), len(chunk)))
+
+        readers = [asyncio.create_task(read(engine.submit(SampleConfig(
+            prime="A", max_length=other_length, seed=i)), into)) for i, into in enumerate(chunks)]
+        while not all(chunks):
+            await asyncio.sleep(0.001)
+        long = engine.submit(SampleConfig(prime=prime, max_length=20, seed=1))
+        arrived = time.perf_counter()
+        await asyncio.gather(long.result(), *readers)
+        finished = max(into[-1][0] for into in chunks)
+        engine.close()
+        await loop
+        after = sum(n for into in chunks for when, n in into if when >= arrived)
+        return {"first_char_s": long.first_char_at - arrived,
+                "others_chars_per_s": after / (finished - arrived)}
+
+    return asyncio.run(main())
+
+
+def long_prime(make_runner, model, vocab: Vocab, budgets: list[int], rounds: int) -> dict:
+    """`long_prime_run` with the prefill off (0) and at each budget, the settings alternating
+    `rounds` times (a shared machine's load drifts); the median of each."""
+    runs = {budget: [] for budget in budgets}
+    for _ in range(rounds):
+        for budget in budgets:
+            runs[budget].append(long_prime_run(make_runner(model), vocab, budget))
+    return {budget: {key: float(np.median([r[key] for r in results])) for key in results[0]}
+            for budget, results in runs.items()}
+
+
 def cold_start_seconds(model, config: CharRNNConfig, vocab: Vocab, make_runner) -> float:
     """Saved weights -> rebuilt model -> runner (the TF one compiles its step for every batch
     bucket up to 64) -> first character of a request."""
@@ -152,7 +204,7 @@ def cold_start_seconds(model, config: CharRNNConfig, vocab: Vocab, make_runner) 
 
 
 def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[int],
-                baseline: bool, quick: bool) -> dict:
+                baseline: bool, quick: bool, long_prime_budgets: list[int] = ()) -> dict:
     model = build_charrnn(config)
     flops = build_runner(model, config, "numpy").flops_per_char()
     gflops = matmul_gflops(64, config.lstm_size)
@@ -168,6 +220,10 @@ def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[i
             "engine": {n: best_engine_chars_per_s(runner, vocab, n, 2000 if n == 1 else length)
                        for n in streams},
             "cold_start_first_char_s": cold_start_seconds(model, config, vocab, make_runner)}
+    if long_prime_budgets:
+        result["long_prime_numpy"] = long_prime(
+            lambda m: build_runner(m, config, "numpy"), model, vocab, long_prime_budgets,
+            rounds=1 if quick else 3)
     if baseline:
         result["baseline_64_requests_chars_per_s"] = baseline_chars_per_s(
             model, config, 16 if quick else 64, 50 if quick else 100)
@@ -191,6 +247,19 @@ def report(result: dict) -> None:
             print(f"    engine {n:>3} streams: {rate:>9,.0f} chars/s "
                   f"({rate / result['ceiling_chars_per_s']:.0%} of ceiling{extra})")
         print(f"    cold start to first char: {run['cold_start_first_char_s'] * 1000:.0f} ms")
+    if "long_prime_numpy" in result:
+        report_long_prime(result["long_prime_numpy"])
+
+
+def report_long_prime(runs: dict) -> None:
+    off = runs[0]
+    print("  long prime (numpy runner): 1,000-char prime arriving while 32 streams generate")
+    for budget, run in runs.items():
+        setting = "prefill off" if budget == 0 else f"prefill {budget} chars/step"
+        print(f"    {setting:>24}: first char {run['first_char_s'] * 1000:>7,.0f} ms "
+              f"({off['first_char_s'] / run['first_char_s']:.1f}x faster than off), others "
+              f"{run['others_chars_per_s']:>7,.0f} chars/s "
+              f"({run['others_chars_per_s'] / off['others_chars_per_s'] - 1:+.1%})")
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -231,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     big = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=512)
     reference_default = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=128)
     results = [
-        bench_model("2x512 LSTM", big, vocab, [1, 8, 64, 256], baseline=True, quick=args.quick),
+        bench_model("2x512 LSTM", big, vocab, [1, 8, 64, 256], baseline=True, quick=args.quick,
+                    long_prime_budgets=[0, 16, DEFAULT_PREFILL_CHARS, 256, 1000]),
         bench_model("2x128 LSTM one-hot (reference default)", reference_default, vocab, [1, 64],
                     baseline=True, quick=args.quick),
     ]

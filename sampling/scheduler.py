@@ -79,7 +79,8 @@ class Scheduler:
             dropped = [s for s in [*self.running, *self.waiting] if s.cancelled or s.expired(now)]
             for sequence in dropped:
                 self.retire(sequence)
-            self.waiting = deque(s for s in self.waiting if not s.done)
+            if dropped:
+                self.waiting = deque(s for s in self.waiting if not s.done)
             admitted = []
             while self.waiting and self.free_slots:
                 sequence = self.waiting.popleft()
