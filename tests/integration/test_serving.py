@@ -195,6 +195,30 @@ def test_bad_uploads_are_refused_and_leave_nothing(trained, registry):
     assert no_file.status_code == 422
 
 
+def test_a_replica_says_which_step_runner_serves_a_model(trained, ray_cluster):
+    """A CPU replica with `runner: auto` (serve_config.yaml) samples with NumPy, and says so
+    where an operator looks: the replica's log line and the load-time metric's runner tag."""
+    from pathlib import Path
+
+    from tests.conftest import TEMP_DIR
+
+    generate(trained, "bard", prime="A", max_length=5)
+
+    def load_lines():
+        text = requests.get(ray_cluster["metrics"], timeout=10).text
+        return [line for line in text.splitlines()
+                if line.startswith("ray_rnnserve_model_load_seconds_count{")
+                and 'model="bard:1"' in line] or None
+
+    lines = wait_for(load_lines, 60, interval=2, what="the model-load metric of bard:1")
+    assert all('runner="numpy"' in line for line in lines), lines
+    logs = Path(TEMP_DIR, "session_latest", "logs", "serve").glob("replica_rnnserve_Generator_*")
+    said = [line for log in logs for line in log.read_text(errors="replace").splitlines()
+            if re.search(r"model bard:1@\w+ loaded in [\d.]+ s: numpy runner on CPU "
+                         r"\(runner setting auto\)", line)]
+    assert said
+
+
 def test_metrics_reach_the_prometheus_port(trained, ray_cluster):
     generate(trained, "bard", prime="A", max_length=50)
 
