@@ -141,7 +141,9 @@ class Generator:
 
     async def stream_events(self, samples: list[SampleConfig]):
         """Several generations streamed together, as events in the order they are sampled:
-        `{"index", "text", "logprobs"}` (logprobs: one entry per character, or None), then
+        `{"index", "text", "logprobs"}` (logprobs: one entry per character, or None; a
+        sample's first event with logprobs also has `prompt_logprobs`, one per prime
+        character, the first None), then
         one `{"index", "finish_reason"}` per sample. Closing it cancels every sequence."""
         model_id, engine = await self._engine()
         handles = self._submit_all(engine, model_id, samples)
@@ -157,7 +159,10 @@ class Generator:
                 start, sent[index] = sent[index], sent[index] + len(chunk)
                 logprobs = (handle.logprobs[start:sent[index]]
                             if samples[index].logprobs is not None else None)
-                yield {"index": index, "text": chunk, "logprobs": logprobs}
+                event = {"index": index, "text": chunk, "logprobs": logprobs}
+                if start == 0 and logprobs is not None:  # the prompt's, complete by now
+                    event["prompt_logprobs"] = handle.prompt_logprobs
+                yield event
         finally:
             for index, handle in enumerate(handles):
                 handle.cancel()
@@ -213,8 +218,14 @@ def _answer(sample: SampleConfig, handle, text: str) -> dict:
               "finish_reason": handle.reason,
               "time_to_first_char_s": _seconds(handle.first_char_at, handle.submitted_at)}
     if sample.logprobs is not None:
-        answer["logprobs"] = [[chosen, list(top)] for chosen, top in handle.logprobs]
+        answer["logprobs"] = _logprob_entries(handle.logprobs)
+        answer["prompt_logprobs"] = _logprob_entries(handle.prompt_logprobs)
     return answer
+
+
+def _logprob_entries(entries: list) -> list:
+    """The engine's (chosen, alternatives) entries as JSON-ready lists (None stays None)."""
+    return [None if entry is None else [entry[0], list(entry[1])] for entry in entries]
 
 
 def _seconds(end: float | None, start: float) -> float | None:

@@ -104,14 +104,18 @@ def finish_reason(engine_reason: str | None) -> str | None:
     return None if engine_reason is None else "stop" if engine_reason == "stop" else "length"
 
 
-def logprobs_block(text: str, entries: list | None, offset: int, echoed: str = "") -> dict | None:
+def logprobs_block(text: str, entries: list | None, offset: int, echoed: str = "",
+                   echoed_entries: list | None = None) -> dict | None:
     """OpenAI's logprobs of a choice's characters: `entries` are the engine's (logprob of the
-    chosen character, its alternatives). Echoed prompt characters have none (null)."""
+    chosen character, its alternatives). Echoed prompt characters have theirs in
+    `echoed_entries` (None for the first, which nothing predicts: null, as OpenAI answers);
+    without them, null."""
     if entries is None:
         return None
+    every = [*(echoed_entries or [None] * len(echoed)), *entries]
     tokens = list(echoed) + list(text)
-    chosen = [None] * len(echoed) + [logprob for logprob, _ in entries]
-    top = [None] * len(echoed) + [dict(alternatives) for _, alternatives in entries]
+    chosen = [None if entry is None else entry[0] for entry in every]
+    top = [None if entry is None else dict(entry[1]) for entry in every]
     return {"tokens": tokens, "token_logprobs": chosen, "top_logprobs": top,
             "text_offset": list(range(offset, offset + len(tokens)))}
 
@@ -141,8 +145,9 @@ class Completion:
         for index, result in enumerate(results):
             echoed = self.prompt_of(index) if self.request.echo else ""
             choices.append({"index": index, "text": echoed + result["generated"],
-                            "logprobs": logprobs_block(result["generated"],
-                                                       result.get("logprobs"), 0, echoed),
+                            "logprobs": logprobs_block(
+                                result["generated"], result.get("logprobs"), 0, echoed,
+                                result.get("prompt_logprobs") if echoed else None),
                             "finish_reason": finish_reason(result["finish_reason"])})
         return self.body(choices, self.usage(sum(r["generated_chars"] for r in results)))
 
@@ -173,7 +178,8 @@ class CompletionStream:
             if self.completion.request.echo:
                 prompt = self.completion.prompt_of(index)
                 empty = [] if self.completion.request.logprobs is not None else None
-                out += self._chunk(index, prompt, logprobs_block("", empty, 0, prompt), None)
+                out += self._chunk(index, prompt, logprobs_block(
+                    "", empty, 0, prompt, event.get("prompt_logprobs")), None)
                 self.sent[index] = len(prompt)
         if "finish_reason" in event:
             return out + self._chunk(index, "", None, finish_reason(event["finish_reason"]))

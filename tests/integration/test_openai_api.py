@@ -116,17 +116,20 @@ def test_logprobs_of_each_character_and_its_alternatives(client):
     [choice] = completion.choices
     logprobs = choice.logprobs
     assert choice.text.startswith("The") and "".join(logprobs.tokens) == choice.text
-    assert logprobs.token_logprobs[:3] == [None] * 3 and logprobs.top_logprobs[:3] == [None] * 3
+    # Every echoed prompt character but the first has its log-probability, as OpenAI answers.
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
     assert logprobs.text_offset == list(range(len(choice.text)))
-    for token, chosen, top in zip(logprobs.tokens[3:], logprobs.token_logprobs[3:],
-                                  logprobs.top_logprobs[3:], strict=True):
+    for token, chosen, top in zip(logprobs.tokens[1:], logprobs.token_logprobs[1:],
+                                  logprobs.top_logprobs[1:], strict=True):
         assert chosen <= 0 and len(top) == 3 and max(top.values()) >= chosen - 1e-9
         if token in top:
             assert top[token] == pytest.approx(chosen)
     _, _, chunks = streamed(client, model=BARD, prompt="The", max_tokens=30, seed=4,
-                            logprobs=3)
-    tokens = [t for c in chunks for ch in c.choices if ch.logprobs for t in ch.logprobs.tokens]
-    assert "".join(tokens) == choice.text[3:]
+                            logprobs=3, echo=True)
+    blocks = [ch.logprobs for c in chunks for ch in c.choices if ch.logprobs]
+    assert [t for b in blocks for t in b.tokens] == logprobs.tokens
+    assert [lp for b in blocks for lp in b.token_logprobs] == pytest.approx(
+        [None, *logprobs.token_logprobs[1:]])
 
 
 def test_models_list_the_ready_char_rnn_models(client, url):
