@@ -12,11 +12,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import requests
 
 from tests.conftest import SHARED_DATA, wait_for
-from tests.ha.conftest import cpu_seconds, gcs_process, open_registry, restart_gcs
+from tests.ha.hacluster import (
+    TEMP_DIR,
+    cpu_seconds,
+    gcs_process,
+    kill_redis,
+    launch_redis,
+    open_registry,
+    restart_gcs,
+)
 
 DOWN_S = 15  # the GCS outage
 AFTER_S = 15  # load kept up after the restart
@@ -110,6 +119,38 @@ def cpu_use(start: dict, end: dict, seconds: float) -> str:
     return (f"{sum(by_name.values()) / seconds:.2f} cores; busiest: "
             + ", ".join(f"{name} {used / seconds:.2f}" for name, used in top))
 
+def corpus() -> str:
+    return (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
+
+
+def serve_a_ready_model(url: str, registry, text: str) -> float:
+    """Upload the tiny model `steady`, wait until it is ready and has answered once; returns
+    the seconds from upload to ready."""
+    started = time.monotonic()
+    first = upload(url, "steady", text)
+    assert first.status_code == 202, first.text
+    wait_for(lambda: status(registry, "steady", 1) == "ready", 400, interval=1,
+             what="the first model to be ready")
+    ready_s = time.monotonic() - started
+    warm = requests.post(f"{url}/models/steady/generate", timeout=120,
+                         json={"prime": "A", "max_length": 20, "seed": 1})
+    assert warm.status_code == 200, warm.text
+    return ready_s
+
+
+def start_load(url: str, stop: threading.Event, log: list, threads: int = 2) -> list:
+    """`threads` clients of `load` on the model `steady`, started; join them after `stop`."""
+    workers = [threading.Thread(target=load, args=(url, "steady", stop, log, i))
+               for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    return workers
+
+
+def first_answer_after(entries: list, moment: float) -> float | None:
+    """Seconds from `moment` until the first successful request among `entries` ended."""
+    ok = [e for e in entries if not e[2]]
+    return ok[0][0] + ok[0][1] - moment if ok else None
 
 
 def app_answers(url: str) -> bool:
@@ -131,18 +172,8 @@ def wait_until(predicate, timeout: float, interval: float = 1.0) -> bool:
 def gcs_outage(head: dict, url: str, label: str, upload_budget_s: float = 180,
                end_wait_s: float = 400) -> dict:
     """Run the scenario on `head` (its app at `url`); returns the figures (also printed)."""
-    registry = open_registry()
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000]
-
-    t_first = time.monotonic()
-    first = upload(url, "steady", text)
-    assert first.status_code == 202, first.text
-    wait_for(lambda: status(registry, "steady", 1) == "ready", 400, interval=1,
-             what="the first model to be ready")
-    first_ready_s = time.monotonic() - t_first
-    warm = requests.post(f"{url}/models/steady/generate", timeout=120,
-                         json={"prime": "A", "max_length": 20, "seed": 1})
-    assert warm.status_code == 200, warm.text
+    registry, text = open_registry(), corpus()
+    first_ready_s = serve_a_ready_model(url, registry, text)
 
     # A run long enough to be training across the whole outage: a 1-minute time budget.
     long = upload(url, "inflight", text, max_steps="100000", max_minutes="1",
@@ -155,11 +186,9 @@ def gcs_outage(head: dict, url: str, label: str, upload_budget_s: float = 180,
     stop_load, stop_watch = threading.Event(), threading.Event()
     log: list = []
     seen: list = []
-    workers = [threading.Thread(target=load, args=(url, "steady", stop_load, log, i))
-               for i in range(2)]
+    workers = start_load(url, stop_load, log)
     watcher = threading.Thread(target=watch, args=(registry, "inflight", inflight, stop_watch, seen))
-    for thread in (*workers, watcher):
-        thread.start()
+    watcher.start()
     during: dict = {}
     after: dict = {"attempts": []}
     restarted = uploader = side = None
@@ -214,8 +243,10 @@ def gcs_outage(head: dict, url: str, label: str, upload_budget_s: float = 180,
          "gcs_alive": gcs_process(head["gcs_port"]) is not None and restarted.poll() is None,
          "app_alive": app_answers(url)}
     r["failed"] = [e for e in log if e[2]]
-    ok_later = [e for e in r["later"] if not e[2]]
-    first_ok = ok_later[0][0] + ok_later[0][1] - t_back if ok_later else None
+    first_ok = first_answer_after(r["later"], t_back)
+    r["timings"] = {"down_s": t_back - t_kill, "first_answer_after_s": first_ok,
+                    "upload_accepted_after_s": after["at"] - t_back if accepted else None,
+                    "upload_ended_after_s": t_after_end - t_back if accepted else None}
     print(f"\nGCS restart, {label}, {len(workers)} load threads, GCS down {t_back - t_kill:.1f} s:")
     for name, part, seconds in (("before", r["before"], t_kill - log[0][0]),
                                 ("GCS down", r["down"], t_back - t_kill),
@@ -248,3 +279,118 @@ def gcs_outage(head: dict, url: str, label: str, upload_budget_s: float = 180,
     if r["failed"]:
         print(f"  failed requests: {sorted({e[2] for e in r['failed']})[:5]}")
     return r
+
+
+def watch_gcs(gcs_port: int, stop: threading.Event, seen: dict) -> None:
+    """Records in seen["gone"] when this session's GCS process was first found gone."""
+    while not stop.is_set() and "gone" not in seen:
+        if gcs_process(gcs_port) is None:
+            seen["gone"] = time.monotonic()
+        time.sleep(0.25)
+
+
+def gcs_exit_reason() -> str | None:
+    """The last line of this session's GCS logs that mentions Redis (why a GCS exited)."""
+    lines = [line for path in Path(TEMP_DIR).glob("session_*/logs/gcs_server*")
+             for line in path.read_text(errors="replace").splitlines() if "Redis" in line]
+    return lines[-1][-200:] if lines else None
+
+
+def redis_outage(head: dict, redis: dict, url: str, upload_budget_s: float = 180,
+                 end_wait_s: float = 400) -> dict:
+    """Redis itself lost: under the generate load, redis-server is killed (kill -9) and, after
+    DOWN_S seconds, started again from its append-only file. AFTER_S seconds later, if the GCS
+    is gone, it is started again with its own command line (what an operator or a supervisor
+    must do); uploads from that moment until one is accepted. Returns the figures (printed)."""
+    registry, text = open_registry(), corpus()
+    serve_a_ready_model(url, registry, text)
+    gcs = gcs_process(head["gcs_port"])
+    assert gcs is not None, "no GCS process of this session"
+    cmdline, environ = gcs.cmdline(), gcs.environ()  # the GCS may not outlive Redis
+    stop_load, stop_watch = threading.Event(), threading.Event()
+    log: list = []
+    gcs_seen: dict = {}
+    held: dict = {}
+    after: dict = {"attempts": []}
+    workers = start_load(url, stop_load, log)
+    watcher = threading.Thread(target=watch_gcs, args=(head["gcs_port"], stop_watch, gcs_seen))
+    watcher.start()
+    restarted = uploader = side = t_gcs_back = None
+    try:
+        time.sleep(3)
+        t_kill = time.monotonic()
+        kill_redis(redis)
+        time.sleep(DOWN_S)
+        launch_redis(redis)  # from its append-only file
+        t_redis_back = time.monotonic()
+        # New work with Redis back and the GCS as Redis's loss left it: what does a client get?
+        side = threading.Thread(target=try_upload, args=(url, "redisback", text, held))
+        side.start()
+        time.sleep(AFTER_S)
+        gcs_alive_before_restart = gcs_process(head["gcs_port"]) is not None
+        exit_reason = gcs_exit_reason()  # read before a restarted GCS logs on
+        if not gcs_alive_before_restart:
+            restarted = restart_gcs(cmdline, environ)
+            t_gcs_back = time.monotonic()
+            uploader = threading.Thread(target=upload_until_accepted,
+                                        args=(url, text, after, upload_budget_s))
+            uploader.start()
+            time.sleep(AFTER_S)
+    finally:
+        stop_load.set()
+        stop_watch.set()
+        for thread in (*workers, watcher):
+            thread.join()
+    for thread in (uploader, side):
+        if thread is not None:
+            thread.join()
+    for name, result in (("after", after), ("redisback", held)):
+        if result.get("version"):
+            wait_until(lambda n=name, v=result["version"]: status(registry, n, v) in (
+                "ready", "failed"), end_wait_s)
+            result["final"] = status(registry, name, result["version"])
+    t_end = time.monotonic()
+    boundary = t_gcs_back or float("inf")
+    r = {"before": [e for e in log if e[0] < t_kill],
+         "redis_down": [e for e in log if t_kill <= e[0] < t_redis_back],
+         "redis_back": [e for e in log if t_redis_back <= e[0] < boundary],
+         "gcs_back": [e for e in log if e[0] >= boundary],
+         "failed": [e for e in log if e[2]],
+         "gcs_gone_after_s": gcs_seen["gone"] - t_kill if "gone" in gcs_seen else None,
+         "gcs_alive_before_restart": gcs_alive_before_restart,
+         "gcs_exit_reason": exit_reason,
+         "gcs_restarted": restarted is not None,
+         "held": held, "after": after,
+         "gcs_alive": gcs_process(head["gcs_port"]) is not None,
+         "app_alive": app_answers(url)}
+    r["upload_accepted_after_gcs_s"] = after["at"] - t_gcs_back if after.get("at") else None
+    print_redis_outage(r, t_kill, t_redis_back, t_gcs_back, t_end)
+    return r
+
+
+def print_redis_outage(r: dict, t_kill: float, t_redis_back: float, t_gcs_back: float | None,
+                       t_end: float) -> None:
+    gone = r["gcs_gone_after_s"]
+    print(f"\nRedis lost (kill -9) for {t_redis_back - t_kill:.1f} s, restarted from its "
+          f"append-only file; GCS gone {f'{gone:.1f} s after the kill' if gone else 'never'}; "
+          f"GCS alive {AFTER_S} s after Redis was back: {r['gcs_alive_before_restart']}"
+          + (f"; GCS restarted {t_gcs_back - t_redis_back:.1f} s after Redis" if t_gcs_back
+             else ""))
+    for name, part, seconds in (
+            ("before", r["before"], 3), ("Redis down", r["redis_down"], t_redis_back - t_kill),
+            ("Redis back, GCS not restarted", r["redis_back"],
+             (t_gcs_back or t_end) - t_redis_back),
+            ("GCS restarted", r["gcs_back"], AFTER_S)):
+        print(f"  {name}: {phase(part, seconds)}")
+    if t_gcs_back:
+        first = first_answer_after(r["gcs_back"], t_gcs_back)
+        print(f"  first answer after the GCS restart: {first:.2f} s after it" if first is not None
+              else "  no answer after the GCS restart")
+    print(f"  upload sent when Redis was back (GCS not restarted): {r['held']}")
+    accepted = r["upload_accepted_after_gcs_s"]
+    print(f"  uploads after the GCS restart: accepted {accepted and round(accepted, 1)} s after "
+          f"it, attempts {r['after']['attempts'][:6]}, {r['after'].get('final')}")
+    print(f"  at the end: GCS alive {r['gcs_alive']}, app answering {r['app_alive']}; the "
+          f"GCS's last words on Redis: {r['gcs_exit_reason']}")
+    if r["failed"]:
+        print(f"  failed requests: {sorted({e[2] for e in r['failed']})[:5]}")

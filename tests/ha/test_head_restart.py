@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from tests.conftest import BIN, REPO, SHARED_DATA, wait_for
-from tests.ha.conftest import (
+from tests.ha.hacluster import (
     TEMP_DIR,
     WORKER_TEMP_DIR,
     kill_own_ray,
