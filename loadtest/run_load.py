@@ -255,11 +255,21 @@ def report(results: list[dict]) -> None:
             print(f"  {users} users: Serve / floor requests/s = "
                   + ", ".join(f"{r:.0%}" for r in ratios)
                   + f" (median {statistics.median(ratios):.0%})")
+            # The same question in CPU: less swayed by what else runs on the machine.
+            cpu = [_path_cpu_ms(f) / _path_cpu_ms(s)
+                   for s, f in zip(serve_runs, floor_runs, strict=False) if _path_cpu_ms(s)]
+            print(f"  {users} users: floor / Serve CPU per request (proxy + ingress + model) = "
+                  + ", ".join(f"{r:.0%}" for r in cpu) + f" (median {statistics.median(cpu):.0%})")
         naive = [r for r in results if r["label"] == "naive" and r["users"] == users]
         if serve_runs and naive and naive[0]["chars_per_s"]:
             served = statistics.median(r["chars_per_s"] for r in serve_runs)
             print(f"  {users} users: Serve / naive chars/s = "
                   f"{served / naive[0]['chars_per_s']:.1f}x")
+
+
+def _path_cpu_ms(run: dict) -> float:
+    """CPU ms per request of the Serve processes on the path (locust not counted)."""
+    return sum(ms for role, ms in run.get("cpu_ms_per_request", {}).items() if role != "locust")
 
 
 def _medians(runs: list[dict]) -> list[dict]:
