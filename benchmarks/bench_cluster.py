@@ -18,6 +18,10 @@ instances (own ports and temp dir) and the same helpers as `make test-cluster`.
 3. The autoscaler, on a cluster of its own after the first is gone (benchmarks/
    cluster_autoscaler.py): a GPU node launched for a `--use_gpu` job and removed when idle;
    a serving node added for the replica Serve adds under load, and removed after it.
+4. Head loss (benchmarks/cluster_head_loss.py), on a Redis-backed head of its own: the GCS
+   killed under a generate load and restarted 15 s later; requests served and failed during
+   the outage, time until the cluster takes new work again. `--head-loss-only` runs just this
+   part and updates its entry in cluster.json.
 
 Writes benchmarks/results/cluster.json and cluster.png.
 """
@@ -32,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks import RESULTS, cluster_autoscaler
+from benchmarks import RESULTS, cluster_autoscaler, cluster_head_loss
 from tests.cluster.simcluster import (
     TEMP_ROOT,
     Load,
@@ -182,6 +186,7 @@ def main() -> None:
         sim.shutdown()
         shutil.rmtree(TEMP_ROOT, ignore_errors=True)  # this run's Ray files
     data["autoscaler"] = cluster_autoscaler.measure(work, corpus)
+    data["head_loss"] = cluster_head_loss.measure(work)
     data["total_seconds"] = round(time.monotonic() - started, 1)
     data["load_average_1min"] = {"start": load_at_start, "end": os.getloadavg()[0]}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -191,10 +196,27 @@ def main() -> None:
     print(f"wrote {RESULTS / 'cluster.json'} and cluster.png", flush=True)
 
 
+def head_loss_only() -> None:
+    """Measure the head loss alone and put it into the last cluster.json, the rest kept."""
+    work = Path(tempfile.mkdtemp(prefix="rnc-bench-"))
+    try:
+        head_loss = cluster_head_loss.measure(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("head loss:", head_loss, flush=True)
+    path = RESULTS / "cluster.json"
+    data = json.loads(path.read_text())
+    data["head_loss"] = head_loss
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote head_loss into {path}", flush=True)
+
+
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["--plot-only"]:  # redraw the plot from the last cluster.json
         plot(json.loads((RESULTS / "cluster.json").read_text()), RESULTS / "cluster.png")
+    elif sys.argv[1:] == ["--head-loss-only"]:
+        head_loss_only()
     else:
         main()
