@@ -30,8 +30,9 @@ def next_cursor(page: list[dict], limit: int, key: str):
     return page[-1][key] if len(page) == limit else None
 
 
-# A version label in a route's path: an alias of the registry (its column holds 32 characters).
-LABEL_PATH = Path(..., min_length=1, max_length=32,
+# A version label in a route's path: an alias of the registry (its column holds 32 characters),
+# from the alphabet of model names (what no database refuses, such as a NUL, never reaches one).
+LABEL_PATH = Path(..., min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._-]+$",
                   description="a version label: an alias such as `production`")
 
 

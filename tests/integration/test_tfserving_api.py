@@ -96,6 +96,8 @@ def test_an_unknown_label_is_not_found(url, method, suffix):
      400),
     (f"/v1/models/{DIGITS}:predict", {"instances": [{"pixels": [0.0] * 32}]}, 400),
     (f"/v1/models/{DIGITS}/versions/one:predict", {"instances": [[0.0] * 32]}, 400),
+    (f"/v1/models/{DIGITS}/labels/a%00b:predict", {"instances": [[0.0] * 32]}, 400),
+    (f"/v1/models/{DIGITS}/labels/{'x' * 33}:predict", {"instances": [[0.0] * 32]}, 400),
 ])
 def test_errors_as_tf_serving_writes_them(url, path, body, status):
     response = requests.post(f"{url}{path}", json=body, timeout=30)
