@@ -101,7 +101,8 @@ bench-attack: $(BIN)/.installed
 
 # Issue 15: a node lost in training and under serving load on a simulated cluster (the helpers
 # of test-cluster), one run: benchmarks/results/cluster.json and cluster.png (BENCHMARKS.md).
-bench-cluster: $(BIN)/.installed
+# Issue 20: then the GCS of a Redis-backed head restarted under load (the helpers of test-ha).
+bench-cluster: $(BIN)/.installed system-deps
 	$(PY) -m benchmarks.bench_cluster
 
 # Issue 20: a highly available head. `make run-ha` is `make run` with GCS fault tolerance: a
