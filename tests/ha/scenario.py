@@ -290,10 +290,12 @@ def watch_gcs(gcs_port: int, stop: threading.Event, seen: dict) -> None:
 
 
 def gcs_exit_reason() -> str | None:
-    """The last line of this session's GCS logs that mentions Redis (why a GCS exited)."""
+    """The last line of this session's GCS logs that mentions Redis (why a GCS exited), stack
+    frames left out."""
     lines = [line for path in Path(TEMP_DIR).glob("session_*/logs/gcs_server*")
-             for line in path.read_text(errors="replace").splitlines() if "Redis" in line]
-    return lines[-1][-200:] if lines else None
+             for line in path.read_text(errors="replace").splitlines()
+             if "Redis" in line and "(+0x" not in line]
+    return lines[-1][-300:] if lines else None
 
 
 def redis_outage(head: dict, redis: dict, url: str, upload_budget_s: float = 180,
