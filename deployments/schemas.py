@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from deployments.errors import ApiError
 from models.config import SampleConfig, field_types
+from registry.names import NAME_CHARS
 
 # The registry's integer columns (version numbers, log line positions) are 32-bit on every
 # backend: a larger number could never match a row, and some drivers fail on it.
@@ -18,9 +19,13 @@ DB_INT_MAX = 2**31 - 1
 VERSION_PATH = Path(..., ge=1, le=DB_INT_MAX)
 # Paged lists (GET /models, a model's versions in GET /models/{name}): items per page, and
 # the page after the one whose last item's key is passed back as `cursor`.
+# Names from a request that reach the database as they are (a cursor, a version label): the
+# alphabet of model names, so what a database refuses (such as a NUL) never reaches one.
+NAME_PATTERN = rf"^[{NAME_CHARS}]+$"
 PAGE_LIMIT = Query(100, ge=1, le=500, description="items per page")
 _CURSOR = "the `next_cursor` of the page before (none: the first page)"
-MODEL_CURSOR = Query(None, max_length=64, description=_CURSOR)  # a model name
+MODEL_CURSOR = Query(None, max_length=64, pattern=NAME_PATTERN,
+                     description=_CURSOR)  # a model name
 VERSION_CURSOR = Query(None, ge=1, le=DB_INT_MAX, description=_CURSOR)  # a version number
 
 
@@ -30,9 +35,8 @@ def next_cursor(page: list[dict], limit: int, key: str):
     return page[-1][key] if len(page) == limit else None
 
 
-# A version label in a route's path: an alias of the registry (its column holds 32 characters),
-# from the alphabet of model names (what no database refuses, such as a NUL, never reaches one).
-LABEL_PATH = Path(..., min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._-]+$",
+# A version label in a route's path: an alias of the registry (its column holds 32 characters).
+LABEL_PATH = Path(..., min_length=1, max_length=32, pattern=NAME_PATTERN,
                   description="a version label: an alias such as `production`")
 
 

@@ -11,7 +11,8 @@ import re
 from registry.artifacts import DIGEST_CHARS
 from registry.errors import InvalidName
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_CHARS = "A-Za-z0-9._-"  # what names are made of, as the body of a regex character class
+_NAME = re.compile(rf"[A-Za-z0-9][{NAME_CHARS}]{{0,63}}")
 
 
 def validate_name(name: str) -> str:

@@ -120,7 +120,7 @@ def test_the_model_list_comes_in_bounded_pages_that_cover_every_model(slow_model
             break
     assert seen == sorted(set(seen)) == [m["name"] for m in registry.list_models()]
     assert pages >= 1 and SLOW in seen
-    for bad in ({"limit": 0}, {"limit": 501}, {"cursor": "x" * 65}):
+    for bad in ({"limit": 0}, {"limit": 501}, {"cursor": "x" * 65}, {"cursor": "a\x00b"}):
         response = requests.get(f"{slow_model}/models", params=bad, timeout=10)
         assert response.status_code == 422 and "error" in response.json()
 
