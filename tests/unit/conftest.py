@@ -9,6 +9,7 @@ from models.charrnn import build_charrnn
 from models.config import CharRNNConfig
 from models.runner import StepRunner
 from models.vocab import Vocab
+from registry import Registry, Settings
 
 ENGINE_VOCAB = Vocab.from_text("abcdefgh \n", 100)  # the engine tests' alphabet
 
@@ -22,3 +23,20 @@ def runner_factory():
     for weight in model.weights:
         weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
     return lambda: StepRunner.from_model(model, config)
+
+
+# The registry tests' database: each test runs on every supported backend.
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def settings(request, tmp_path, db_servers) -> Settings:
+    """The same tests on every supported backend, each a real server (none mocked)."""
+    if request.param == "sqlite":
+        # Explicit URL: the integration fixtures export RNNSERVE_DB_URL for the session cluster.
+        url = f"sqlite:///{tmp_path}/registry.db"
+    else:
+        url = db_servers(request.param).new_database()
+    return Settings.from_env(storage=str(tmp_path / "storage"), db_url=url)
+
+
+@pytest.fixture()
+def registry(settings) -> Registry:
+    return Registry(settings)

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from registry import PRODUCTION, CachedVersions, NotFound
-from tests.unit.test_registry import artifacts, registry, settings  # noqa: F401 - fixtures
+from tests.unit.test_registry import artifacts
 
 
 def ready_version(registry, tmp_path, name: str = "m") -> int:

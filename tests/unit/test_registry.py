@@ -13,22 +13,6 @@ import sqlalchemy as sa
 from registry import Conflict, InvalidName, NotFound, Registry, Settings
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def settings(request, tmp_path, db_servers) -> Settings:
-    """The same tests on every supported backend, each a real server (none mocked)."""
-    if request.param == "sqlite":
-        # Explicit URL: the integration fixtures export RNNSERVE_DB_URL for the session cluster.
-        url = f"sqlite:///{tmp_path}/registry.db"
-    else:
-        url = db_servers(request.param).new_database()
-    return Settings.from_env(storage=str(tmp_path / "storage"), db_url=url)
-
-
-@pytest.fixture()
-def registry(settings) -> Registry:
-    return Registry(settings)
-
-
 def artifacts(tmp_path, files=("model.weights.h5", "config.json")) -> str:
     directory = tmp_path / "out"
     directory.mkdir(exist_ok=True)
