@@ -178,6 +178,6 @@ class BrowseUser(FastHttpUser):
             return
         model = random.choice(models)
         detail = self.client.get(f"/models/{model['name']}", name="/models/[name]").json()
-        version = detail["versions"][-1]["version"]
+        version = detail["latest_version"]
         self.client.get(f"/models/{model['name']}/versions/{version}/logs?offset=0",
                         name="/models/[name]/versions/[v]/logs")

@@ -98,7 +98,7 @@ def ensure_model(url: str) -> str:
     print(f"seeding model {SEED_MODEL} (job {response.json()['job_id']})", flush=True)
     for _ in range(900):
         detail = requests.get(f"{url}/models/{SEED_MODEL}", timeout=10).json()
-        status = detail["versions"][-1]["status"]
+        status = detail["status"]  # its latest version's
         if status == "ready":
             return SEED_MODEL
         if status in ("failed", "cancelled"):
