@@ -18,6 +18,7 @@ from deployments.ingress import Ingress
 from deployments.limits import Limits
 from models.config import parse_config
 from models.runner_choice import RunnerSetting
+from sampling.engine import DEFAULT_PREFILL_CHARS
 
 
 class AppArgs(BaseModel):
@@ -39,6 +40,9 @@ class AppArgs(BaseModel):
     # to the ingress and one to the proxy whatever its size.
     stream_interval_s: float = Field(0.05, ge=0, le=1, description="a stream's chunks after "
                                      "the first go out at most this often")
+    prefill_chars: int = Field(DEFAULT_PREFILL_CHARS, ge=0, le=4096, description="prime "
+                               "characters fed per engine step beside the generating sequences "
+                               "(0: one per shared step)")
     classifier_max_batch: int = Field(64, ge=1, description="examples per classifier batch")
     classifier_batch_wait_s: float = Field(0.005, ge=0, description="wait to fill a batch")
     job_server_grace_s: float = Field(600, ge=0, description="how long the job server may be "
@@ -53,7 +57,7 @@ def build_app(args: AppArgs):
         settings=settings, max_models_per_replica=args.max_models_per_replica,
         max_batch=args.max_batch, max_waiting=args.max_waiting,
         generation_timeout_s=limits.generation_timeout_s, runner=args.runner,
-        stream_interval_s=args.stream_interval_s)
+        stream_interval_s=args.stream_interval_s, prefill_chars=args.prefill_chars)
     classifier = Classifier.bind(
         settings=settings, max_models_per_replica=args.max_models_per_replica,
         max_batch_size=args.classifier_max_batch,

@@ -31,12 +31,14 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment
 class Generator:
     def __init__(self, settings: dict, max_models_per_replica: int, max_batch: int,
-                 max_waiting: int, generation_timeout_s: float, runner: str = "auto",
-                 stream_interval_s: float = 0.0):
+                 max_waiting: int, generation_timeout_s: float, runner: str,
+                 stream_interval_s: float, prefill_chars: int):
+        """The engine settings' defaults live in `deployments.app.AppArgs`."""
         enable_gpu_memory_growth()
         self.registry = Registry(Settings.from_env(**settings))
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.stream_interval_s = stream_interval_s
+        self.prefill_chars = prefill_chars
         self.runner_setting = runner  # auto: TensorFlow on a GPU replica, NumPy otherwise
         self.generation_timeout_s = generation_timeout_s
         self.metrics = GeneratorMetrics()
@@ -60,7 +62,7 @@ class Generator:
         # Off the event loop too: the TF runner compiles its step for every batch bucket here.
         engine = await asyncio.to_thread(
             SamplingEngine, runner, vocab, max_batch=self.max_batch,
-            max_waiting=self.max_waiting,
+            max_waiting=self.max_waiting, prefill_chars=self.prefill_chars,
             on_finish=lambda reason: self.metrics.requests_finished.inc(
                 tags={**tags, "reason": reason}))
         loop = asyncio.get_running_loop().create_task(engine.run())
