@@ -44,11 +44,18 @@ SERVE_APP = "rnnserve"  # the application's name in serve_config.yaml
 FLOOR_APP, FLOOR_PREFIX = "floor", "/floor"
 
 
+def shipped_config() -> dict:
+    """serve_config.yaml as the repository ships it."""
+    import yaml
+
+    return yaml.safe_load((REPO / "serve_config.yaml").read_text())
+
+
 def load_config(limits: dict) -> Path:
     """serve_config.yaml with `limits` changed."""
     import yaml
 
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config = shipped_config()
     config["applications"][0]["args"]["limits"].update(limits)
     REPORTS.mkdir(parents=True, exist_ok=True)
     path = REPORTS / "serve_config.load.yaml"
@@ -221,13 +228,12 @@ def deploy_floor(chunks: int) -> str:
     """The floor app at FLOOR_PREFIX, streaming `chunks` chunks per request, its deployments
     with the options of rnnserve's Ingress and Generator in serve_config.yaml; returns the
     model name it answers to."""
-    import yaml
     from ray import serve
 
     # Imported here, as ray is in main(): Ray reads RAY_AUTH_MODE when it is first imported.
     from loadtest import floor_app
 
-    [application] = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"]
+    [application] = shipped_config()["applications"]
     options = {d["name"]: {k: v for k, v in d.items() if k != "name"}
                for d in application["deployments"]}
     serve.run(floor_app.build(chunks, options["Ingress"], options["Generator"]),
