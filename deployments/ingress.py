@@ -12,6 +12,7 @@ code path (deployments/serving.py).
 import asyncio
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -58,6 +59,18 @@ install_error_handlers(app)
 for protocol in (openai_routes, tfserving_routes, kserve_routes):
     app.include_router(protocol.router)
     cloudpickle.register_pickle_by_value(protocol)
+
+
+# Above the class: Serve pickles the Ingress class when it is decorated, with the module
+# names its methods use as they are at that moment.
+def _read_native_predict(raw: bytes, timesteps: int, features: int,
+                         max_rows: int) -> tuple:
+    """(float32 [N, timesteps, features], whether the body was a batch) of a native predict
+    body; any problem with it is a 400."""
+    try:
+        return parse_predict_body(parse_json_body(raw), timesteps, features, max_rows)
+    except ValueError as error:
+        raise ApiError(400, str(error)) from None
 
 
 @serve.deployment
@@ -234,18 +247,8 @@ class Ingress(OpenAIRoutes, TFServingRoutes, KServeRoutes):
                       version: int | None = Query(None, ge=1, le=DB_INT_MAX)) -> dict:
         """Body `{"data": ...}`: one example (T*F numbers, or T lists of F) or a list of them;
         a bare JSON array of T*F numbers works too. Answers probabilities and argmax labels."""
-        record, model_id = await self._servable_async(name, version, "lstm-classifier")
-        try:
-            body = parse_json_body(await request.body())
-        except ValueError as error:
-            raise ApiError(400, str(error)) from None
-        config = record.params
-        try:
-            x, batched = parse_predict_body(body, int(config["timesteps"]),
-                                            int(config["features"]), self.limits.max_predict_rows)
-        except ValueError as error:
-            raise ApiError(400, str(error)) from None
-        probabilities = await self._classify(model_id, x)
+        record, probabilities, batched = await self._classify_request(
+            name, version, partial(_read_native_predict, await request.body()))
         labels = [int(max(range(len(p)), key=p.__getitem__)) for p in probabilities]
         if batched:
             return {"y": probabilities, "label": labels, "model": name, "version": record.version}
