@@ -153,21 +153,36 @@ def start_head(tmp_path_factory, redis: dict | None):
         shutil.rmtree(WORKER_TEMP_DIR, ignore_errors=True)
 
 
-def deploy_app(head: dict, tmp_path_factory) -> str:
-    """The real app from serve_config.yaml (HTTP port changed; the per-client limits lifted:
-    every request of the test comes from one address) deployed onto `head`; its URL."""
+def app_config(port: int, generator_min_replicas: int = 1) -> dict:
+    """serve_config.yaml with the HTTP port changed, the per-client limits lifted (every
+    request of the test comes from one address) and the Generator's `min_replicas` set."""
     import yaml
 
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    port = free_port()
     config["http_options"]["port"] = port
-    config["applications"][0]["args"]["limits"].update(
-        uploads_per_minute=6000, upload_burst=1000, inference_per_s=0)
-    path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
+    app = config["applications"][0]
+    app["args"]["limits"].update(uploads_per_minute=6000, upload_burst=1000, inference_per_s=0)
+    generator = next(d for d in app["deployments"] if d["name"] == "Generator")
+    generator["autoscaling_config"]["min_replicas"] = generator_min_replicas
+    return config
+
+
+def deploy_config(head: dict, config: dict, directory: Path, timeout: float = 240) -> str:
+    """`serve deploy` `config` (written to `directory`) onto `head`; returns once the app
+    answers, with its URL. Deploying the same app again with other deployment options updates
+    it in place (Serve keeps the replicas that still fit)."""
+    import yaml
+
+    path = Path(directory) / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    url = f"http://127.0.0.1:{port}"
-    serve_deploy(head, path, url, timeout=240)
+    url = f"http://127.0.0.1:{config['http_options']['port']}"
+    serve_deploy(head, path, url, timeout=timeout)
     return url
+
+
+def deploy_app(head: dict, tmp_path_factory) -> str:
+    """The real app (`app_config`) deployed onto `head` on a free port; its URL."""
+    return deploy_config(head, app_config(free_port()), tmp_path_factory.mktemp("serve"))
 
 
 def open_registry():

@@ -100,6 +100,20 @@ def upload_until_accepted(url: str, text: str, result: dict, budget_s: float) ->
         time.sleep(1)
 
 
+def restart_gcs_under_uploads(cmdline: list[str], environ: dict, url: str, text: str,
+                              after: dict, budget_s: float):
+    """Start the GCS again (`restart_gcs`), note when, and from that moment upload until one
+    upload is accepted (`upload_until_accepted` into `after`, in a thread); returns after
+    AFTER_S seconds of load with (the GCS process, the restart's time, the uploading thread:
+    join it)."""
+    restarted = restart_gcs(cmdline, environ)
+    t_back = time.monotonic()
+    uploader = threading.Thread(target=upload_until_accepted, args=(url, text, after, budget_s))
+    uploader.start()
+    time.sleep(AFTER_S)
+    return restarted, t_back, uploader
+
+
 def phase(entries: list, seconds: float) -> str:
     """Requests, failures and latency of one phase of the load."""
     if not entries:
@@ -206,13 +220,8 @@ def gcs_outage(head: dict, url: str, label: str, upload_budget_s: float = 180,
         side.start()
         time.sleep(DOWN_S - 5)
         cpu["down"] = cpu_seconds()
-        restarted = restart_gcs(cmdline, environ)
-        t_back = time.monotonic()
-        # Uploads from the moment the GCS is back, until one is accepted.
-        uploader = threading.Thread(target=upload_until_accepted,
-                                    args=(url, text, after, upload_budget_s))
-        uploader.start()
-        time.sleep(AFTER_S)
+        restarted, t_back, uploader = restart_gcs_under_uploads(
+            cmdline, environ, url, text, after, upload_budget_s)
         cpu["after"] = cpu_seconds()
     finally:
         stop_load.set()
@@ -332,12 +341,8 @@ def redis_outage(head: dict, redis: dict, url: str, upload_budget_s: float = 180
         gcs_alive_before_restart = gcs_process(head["gcs_port"]) is not None
         exit_reason = gcs_exit_reason()  # read before a restarted GCS logs on
         if not gcs_alive_before_restart:
-            restarted = restart_gcs(cmdline, environ)
-            t_gcs_back = time.monotonic()
-            uploader = threading.Thread(target=upload_until_accepted,
-                                        args=(url, text, after, upload_budget_s))
-            uploader.start()
-            time.sleep(AFTER_S)
+            restarted, t_gcs_back, uploader = restart_gcs_under_uploads(
+                cmdline, environ, url, text, after, upload_budget_s)
     finally:
         stop_load.set()
         stop_watch.set()
