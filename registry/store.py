@@ -391,6 +391,26 @@ class Registry:
                 .order_by(schema.models.c.name, schema.versions.c.version)).all()
         return [self._record(row, row) for row in rows]
 
+    def ready_versions(self, limit: int, kind: str | None = None,
+                       name: str | None = None) -> list[tuple[VersionRecord, int | None]]:
+        """The `limit` newest ready versions (of models of `kind`, or of the model `name`),
+        newest first, each with its model's production version: one query, whatever the
+        number of models or versions."""
+        m, v, a = schema.models, schema.versions, schema.aliases
+        production = (sa.select(a.c.version).where(a.c.model_id == m.c.id,
+                                                   a.c.alias == PRODUCTION)
+                      .correlate(m).scalar_subquery())
+        query = (sa.select(v, m.c.name, m.c.kind, production.label("production"))
+                 .join(m, m.c.id == v.c.model_id).where(v.c.status == "ready")
+                 .order_by(v.c.id.desc()).limit(limit))  # ids grow with creation
+        if kind is not None:
+            query = query.where(m.c.kind == kind)
+        if name is not None:
+            query = query.where(m.c.name == validate_name(name))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(self._record(row, row), row.production) for row in rows]
+
     def count_versions(self) -> dict[tuple[str, str], int]:
         """{(kind, status): number of versions}, in one query."""
         with self.engine.connect() as conn:
@@ -400,10 +420,11 @@ class Registry:
                 .group_by(schema.models.c.kind, schema.versions.c.status)).all()
         return {(kind, status): count for kind, status, count in rows}
 
-    def get_model(self, name: str, limit: int | None = None, after: int = 0) -> dict:
+    def get_model(self, name: str, limit: int | None = None, after: int = 0,
+                  newest_first: bool = False) -> dict:
         """The model's summary (as list_models gives it), its aliases, and its versions in
-        number order, `limit` of them after the version `after` (None: all of them): one query
-        per page, whatever the number of versions."""
+        number order (`newest_first`: the highest first), `limit` of them after the version
+        `after` (None: all of them): one query per page, whatever the number of versions."""
         m, v = schema.models, schema.versions
         model = sa.select(m.c.id.label("model_pk"), *_summary_columns(),
                           _aliases_column().label("aliases")) \
@@ -411,7 +432,7 @@ class Registry:
         # An outer join: a page past the last version is still the model's (no versions).
         page = sa.select(model, *(c.label(f"v_{c.name}") for c in v.c)).select_from(
             model.outerjoin(v, sa.and_(v.c.model_id == model.c.model_pk, v.c.version > after))
-        ).order_by(v.c.version).limit(limit)
+        ).order_by(v.c.version.desc() if newest_first else v.c.version).limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(page).all()
         if not rows:

@@ -15,7 +15,7 @@ from deployments.protocols.kserve import (
     model_metadata,
     read_infer,
 )
-from deployments.schemas import VERSION_PATH, documented_body
+from deployments.schemas import PAGE_LIMIT, VERSION_PATH, documented_body
 from deployments.serving import CLASSIFIER, ServingRoutes
 
 router = APIRouter(tags=["KServe v2 (Open Inference Protocol)"])
@@ -37,17 +37,19 @@ class KServeRoutes(ServingRoutes):
 
     # Registry-only routes are plain `def`: FastAPI runs them in its thread pool.
     @router.get("/v2/models/{name}")
-    def kserve_model(self, name: str) -> dict:
-        """Inputs and outputs (name, datatype, shape) of the production version."""
-        return self._kserve_metadata(name, None)
+    def kserve_model(self, name: str, limit: int = PAGE_LIMIT) -> dict:
+        """Inputs and outputs (name, datatype, shape) of the production version; `versions`:
+        the `limit` newest ready ones."""
+        return self._kserve_metadata(name, None, limit)
 
     @router.get("/v2/models/{name}/versions/{version}")
-    def kserve_model_version(self, name: str, version: int = VERSION_PATH) -> dict:
-        return self._kserve_metadata(name, version)
+    def kserve_model_version(self, name: str, version: int = VERSION_PATH,
+                             limit: int = PAGE_LIMIT) -> dict:
+        return self._kserve_metadata(name, version, limit)
 
-    def _kserve_metadata(self, name: str, version: int | None) -> dict:
+    def _kserve_metadata(self, name: str, version: int | None, limit: int) -> dict:
         record, _ = self._servable(name, version, CLASSIFIER)
-        ready = [v.version for v in self.registry.list_versions(name) if v.status == "ready"]
+        ready = sorted(r.version for r, _ in self.registry.ready_versions(limit, name=name))
         return model_metadata(record, ready)
 
     @router.get("/v2/models/{name}/ready")

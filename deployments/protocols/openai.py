@@ -231,17 +231,22 @@ def owns(path: str) -> bool:
 register_error_shape(owns, error_shape)
 
 
-def models_list(ready: list, production: dict[str, int | None]) -> dict:
-    """The ready char-RNN models in OpenAI's shape: `name` (served as a request without a
-    version is: production, else the latest ready version) and `name:version` for each."""
-    data, by_name = [], {}
-    for record in ready:
-        by_name.setdefault(record.name, []).append(record)
-    for name, records in by_name.items():
-        served = next((r for r in records if r.version == production.get(name)), records[-1])
+def models_list(page: list, has_more: bool) -> dict:
+    """The ready char-RNN versions of `page` (the registry's ready_versions: newest first, each
+    with its model's production version) in OpenAI's shape: `name:version` for each, and `name`
+    (served as a request without a version is: production, else the latest ready version; its
+    `created` the latest ready one's when production is older than the page) for each model.
+    `has_more`: there are older ready versions than the page (OpenAI's list has no paging)."""
+    by_name: dict[str, tuple[int | None, list]] = {}
+    for record, production in page:
+        by_name.setdefault(record.name, (production, []))[1].append(record)
+    data = []
+    for name, (production, newest_first) in by_name.items():
+        records = newest_first[::-1]
+        served = next((r for r in records if r.version == production), records[-1])
         data.append(model_card(name, served.created_at))
         data += [model_card(f"{name}:{r.version}", r.created_at) for r in records]
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": data, "has_more": has_more}
 
 
 def model_card(model_id: str, created: datetime) -> dict:

@@ -23,7 +23,8 @@ from deployments.protocols.openai import (
     parse_model,
     samples_of,
 )
-from deployments.protocols.tfserving import model_status
+from deployments.protocols.tfserving import model_status, status_page
+from deployments.schemas import PAGE_LIMIT
 from deployments.serving import ServingRoutes
 from registry import validate_name
 
@@ -50,20 +51,18 @@ class OpenAIRoutes(ServingRoutes):
 
     # Registry-only routes are plain `def`: FastAPI runs them in its thread pool.
     @router.get("/v1/models")
-    def openai_models(self) -> dict:
-        """The ready char-RNN models: `name` (its production version) and `name:version`."""
-        production = {m["name"]: m["production_version"] for m in self.registry.list_models()
-                      if m["kind"] == "charrnn"}
-        ready = [r for r in self.registry.versions_with_status(("ready",))
-                 if r.name in production]
-        return models_list(ready, production)
+    def openai_models(self, limit: int = PAGE_LIMIT) -> dict:
+        """The newest `limit` ready char-RNN versions as `name:version`, and their models as
+        `name` (the production version); `has_more` when older ones are left out."""
+        page = self.registry.ready_versions(limit + 1, kind="charrnn")
+        return models_list(page[:limit], has_more=len(page) > limit)
 
     @router.get("/v1/models/{model}")
-    def model(self, model: str) -> dict:
+    def model(self, model: str, limit: int = PAGE_LIMIT) -> dict:
         """A char-RNN model in OpenAI's shape; a classifier's versions in TF Serving's
-        (`model_version_status`)."""
+        (`model_version_status`: the one named, or the `limit` newest)."""
         name, version = parse_model(model)
-        detail = self.registry.get_model(validate_name(name))
+        detail = status_page(self.registry, validate_name(name), version, limit)
         if detail["kind"] != "charrnn":
             return model_status(detail, version)
         record, _ = self._servable(name, version, "charrnn")

@@ -92,9 +92,17 @@ def predict_output(probabilities: list[list[float]], rows: bool) -> dict:
     return {"predictions": probabilities} if rows else {"outputs": probabilities}
 
 
+def status_page(registry, name: str, version: int | None, limit: int) -> dict:
+    """What model_status reads, in one registry query: the model's page of its one version
+    asked for, or of its `limit` newest (TF Serving lists every version; this lists a page)."""
+    if version is None:
+        return registry.get_model(name, limit=limit, newest_first=True)
+    return registry.get_model(name, limit=1, after=version - 1)
+
+
 def model_status(detail: dict, version: int | None) -> dict:
-    """`model_version_status` of every version of the model (`detail` from the registry's
-    get_model), or of one; ready versions are AVAILABLE."""
+    """`model_version_status` of the versions of the model (`detail`: its status_page), or of
+    one; ready versions are AVAILABLE."""
     versions = [v for v in detail["versions"] if version is None or v["version"] == version]
     if not versions:
         raise ApiError(404, f"Could not find version {version} of model {detail['name']}")

@@ -17,6 +17,7 @@ from deployments.protocols.tfserving import (
     model_status,
     predict_output,
     read_predict,
+    status_page,
     unknown_label,
 )
 from deployments.schemas import LABEL_PATH, VERSION_PATH, documented_body
@@ -62,7 +63,7 @@ class TFServingRoutes(ServingRoutes):
     @router.get("/v1/models/{name}/versions/{version}")
     def tfserving_version_status(self, name: str, version: int = VERSION_PATH) -> dict:
         """`model_version_status` of one version (AVAILABLE when ready)."""
-        return model_status(self.registry.get_model(validate_name(name)), version)
+        return model_status(status_page(self.registry, validate_name(name), version, 1), version)
 
     @router.get("/v1/models/{name}/labels/{label}")
     def tfserving_label_status(self, name: str, label: str = LABEL_PATH) -> dict:

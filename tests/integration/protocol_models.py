@@ -4,6 +4,7 @@ Serving, KServe): each suite trains its own once per module."""
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 
 import numpy as np
 import requests
@@ -43,3 +44,17 @@ def ready_classifier(url: str, name: str) -> int:
 def examples(count: int, seed: int = 1) -> np.ndarray:
     """Inputs for the classifier: float32 [count, TIMESTEPS, FEATURES]."""
     return np.random.default_rng(seed).random((count, TIMESTEPS, FEATURES)).astype(np.float32)
+
+
+@contextmanager
+def ready_copies(registry, source: str, name: str, count: int):
+    """A model `name` with `count` ready versions, each a copy of `source`'s version 1 (its
+    files and hyperparameters) made in the registry without training; deleted afterwards."""
+    record, directory = registry.fetch_version(source, 1)
+    try:
+        for _ in range(count):
+            version = registry.create_version(name, kind=record.kind, params=record.params)
+            registry.publish_version(name, version.version, directory)
+        yield name
+    finally:
+        registry.delete_model(name)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.protocol_models import CLASSES, examples, ready_classifier
+from tests.integration.protocol_models import CLASSES, examples, ready_classifier, ready_copies
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +47,17 @@ def test_health_and_model_metadata(client):
     assert metadata["outputs"] == [{"name": "y_output", "datatype": "FP32",
                                     "shape": [-1, CLASSES]}]
     assert client.get_model_metadata(DIGITS, "1")["name"] == DIGITS
+
+
+def test_metadata_lists_the_newest_ready_versions_up_to_a_limit(client, url, registry):
+    with ready_copies(registry, DIGITS, f"{DIGITS}-many", 3) as many:
+        bounded = requests.get(f"{url}/v2/models/{many}", params={"limit": 2}, timeout=10)
+        assert bounded.status_code == 200, bounded.text
+        assert bounded.json()["versions"] == ["2", "3"]
+        assert client.get_model_metadata(many)["versions"] == ["1", "2", "3"]
+        assert client.get_model_metadata(many, "1")["versions"] == ["1", "2", "3"]
+        refused = requests.get(f"{url}/v2/models/{many}", params={"limit": 0}, timeout=10)
+        assert refused.status_code == 400 and "limit" in refused.json()["error"]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])

@@ -14,7 +14,7 @@ import requests
 
 from tests.conftest import wait_for
 from tests.integration.api import generate, metric_total
-from tests.integration.protocol_models import ready_charrnn, ready_classifier
+from tests.integration.protocol_models import ready_charrnn, ready_classifier, ready_copies
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +140,19 @@ def test_models_list_the_ready_char_rnn_models(client, url):
     # The same path answers a TF Serving client for a classifier.
     status = requests.get(f"{url}/v1/models/{DIGITS}", timeout=10).json()
     assert status["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_the_models_list_holds_the_newest_ready_versions_up_to_its_limit(client, url, registry):
+    with ready_copies(registry, BARD, "openai-many", 3) as many:
+        listed = requests.get(f"{url}/v1/models", params={"limit": 2}, timeout=10).json()
+        assert [m["id"] for m in listed["data"]] == [many, f"{many}:2", f"{many}:3"]
+        assert listed["has_more"] is True and listed["object"] == "list"
+        ids = {m["id"] for m in requests.get(f"{url}/v1/models", timeout=10).json()["data"]}
+        assert {many, f"{many}:1", f"{many}:3", BARD, f"{BARD}:1"} <= ids
+        assert {m.id for m in client.models.list()} == ids  # the client reads it as before
+    for limit in (0, 501):
+        refused = requests.get(f"{url}/v1/models", params={"limit": limit}, timeout=10)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "query.limit"
 
 
 def test_errors_are_the_clients_typed_exceptions(client, url):

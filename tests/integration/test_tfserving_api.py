@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.protocol_models import CLASSES, examples, ready_classifier
+from tests.integration.protocol_models import CLASSES, examples, ready_classifier, ready_copies
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +60,22 @@ def test_model_status_and_metadata(url):
     signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
     dims = [int(d["size"]) for d in signature["inputs"]["x_input"]["tensor_shape"]["dim"]]
     assert dims == [-1, 8, 4] and "y_output" in signature["outputs"]
+
+
+def test_the_status_of_a_model_lists_its_newest_versions_up_to_a_limit(url, registry):
+    def versions(path: str, **params) -> list[str]:
+        status = requests.get(f"{url}{path}", params=params, timeout=10)
+        assert status.status_code == 200, status.text
+        return [s["version"] for s in status.json()["model_version_status"]]
+
+    with ready_copies(registry, DIGITS, f"{DIGITS}-many", 3) as many:
+        assert versions(f"/v1/models/{many}", limit=2) == ["3", "2"]
+        assert versions(f"/v1/models/{many}") == ["3", "2", "1"]  # the default: 100
+        assert versions(f"/v1/models/{many}/versions/1") == ["1"]
+        assert requests.get(f"{url}/v1/models/{many}/versions/4", timeout=10).status_code == 404
+        refused = requests.get(f"{url}/v1/models/{many}", params={"limit": 501}, timeout=10)
+        # The path is OpenAI's route too, whose error shape it answers.
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "query.limit"
 
 
 def test_a_label_names_the_version_its_alias_points_at(url, registry):

@@ -265,3 +265,24 @@ def test_a_models_versions_come_in_pages_of_one_query_each(registry, tmp_path):
     assert registry.get_model("m")["versions"][0]["params"] == {}
     with pytest.raises(NotFound):
         registry.get_model("nothing", limit=2)
+
+
+def test_the_newest_ready_versions_with_their_production_version_in_one_query(registry, tmp_path):
+    for name, kind in (("a", "charrnn"), ("b", "charrnn"), ("c", "lstm-classifier")):
+        for version in (1, 2, 3):
+            registry.create_version(name, kind=kind)
+            if (name, version) != ("b", 3):  # b:3 stays queued
+                registry.publish_version(name, version, artifacts(tmp_path))
+    registry.set_alias("a", "production", 1)
+    statements = []
+    sa.event.listen(registry.engine, "before_cursor_execute",
+                    lambda *args: statements.append(args[2]))
+    page = registry.ready_versions(3, kind="charrnn")
+    assert [(r.name, r.version, production) for r, production in page] == [
+        ("b", 2, None), ("b", 1, None), ("a", 3, 1)]
+    assert [r.version for r, _ in registry.ready_versions(2, name="c")] == [3, 2]
+    assert len(registry.ready_versions(100, kind="charrnn")) == 5
+    assert len(statements) == 3
+    newest = registry.get_model("a", limit=2, newest_first=True)
+    assert [v["version"] for v in newest["versions"]] == [3, 2]
+    assert newest["production_version"] == 1
