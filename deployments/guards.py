@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from deployments.auth import check_bearer, key_required_for_inference
 from deployments.errors import error_body
+from deployments.proxy_guard import MULTIPART_OVERHEAD, declared_length
 
 BODY_TOO_LARGE = "rnnserve.body_too_large"
 
@@ -132,16 +133,10 @@ DRAIN_AT_MOST = 64 * 1024
 REFUSED_BODY_COST = 10
 
 
-def _declared_length(scope) -> int | None:
-    """The request's Content-Length, or None when it has none (chunked) or not a number."""
-    length = dict(scope.get("headers", [])).get(b"content-length")
-    return int(length) if length is not None and length.isdigit() else None
-
-
 def _large_body_pending(scope) -> bool:
     if scope["method"] not in BODY_METHODS:
         return False
-    length = _declared_length(scope)
+    length = declared_length(scope)
     return length is None or length > DRAIN_AT_MOST
 
 
@@ -201,12 +196,12 @@ class RequestGuards:
             return await self.app(scope, receive, send)
         if route == "upload":
             # Multipart overhead aside, the body is the file.
-            cap = self.max_upload_bytes + 64 * 1024
+            cap = self.max_upload_bytes + MULTIPART_OVERHEAD
             too_large = f"upload larger than {self.max_upload_bytes} bytes"
         else:
             cap = self.max_body_bytes
             too_large = f"request body larger than {cap} bytes"
-        length = _declared_length(scope)
+        length = declared_length(scope)
         if length is not None and length > cap:
             return await self._refuse_body(route, scope, send, BodyRefused(413, too_large))
         body = _BodyReader(receive, cap, too_large, self.min_body_bytes_per_s,

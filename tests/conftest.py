@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from deployments.proxy_guard import CALLBACK as PROXY_CALLBACK
 from tests.processes import kill_processes_marked
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,10 +116,12 @@ def ray_cluster(session_storage):
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
            **S3_CREDENTIALS,
            # Loopback-only test cluster: Ray's token auth would need a shared token file.
-           "RAY_AUTH_MODE": "disabled"}
+           "RAY_AUTH_MODE": "disabled",
+           # Serve's proxy refuses oversized declared bodies itself, as on a deployed node.
+           "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": PROXY_CALLBACK}
     os.environ.update({k: env[k] for k in ("RNNSERVE_STORAGE", "RNNSERVE_DB_URL", "RAY_AUTH_MODE")})
-    info = start_ray_head(env)
-    try:
+    try:  # a `ray start` that timed out leaves its daemons behind: stopped here too
+        info = start_ray_head(env)
         ray.init(address=info["address"], log_to_driver=False)
         yield info
     finally:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import yaml
 
+from deployments.proxy_guard import CALLBACK as PROXY_CALLBACK
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -23,6 +25,8 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     for start in (prepared["head_start_ray_commands"], prepared["worker_start_ray_commands"]):
         assert "RAY_AUTH_TOKEN" in "\n".join(start)
         assert "RNNSERVE_DB_PASSWORD" in "\n".join(start)  # from the node, not the job
+        # Serve's proxy on every node refuses oversized declared bodies itself.
+        assert f"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH={PROXY_CALLBACK}" in start[-1]
     assert "RAY_AUTH_TOKEN=" not in setup and "RNNSERVE_DB_PASSWORD=" not in setup
 
 
