@@ -1,6 +1,7 @@
 """Sampling throughput: FLOP ceiling vs a per-request baseline vs the continuous-batching engine.
 
     python -m benchmarks.bench_sampling            # or: make bench-sampling
+    python -m benchmarks.bench_sampling --ceiling  # only the 64-stream ceiling check (~1 min)
 
 For the 2x512 LSTM (tinyshakespeare vocabulary) and the reference's default 2x128 one-hot LSTM,
 in one run on this machine: (a) the FLOP ceiling, measured matmul GFLOP/s divided by the
@@ -76,19 +77,24 @@ def runner_variants(model, config: CharRNNConfig) -> dict:
 
 def matmul_gflops(batch: int, units: int, seconds: float = 2.0, windows: int = 10) -> float:
     """float32 GEMM throughput at the shape of one recurrent step: the best of `windows`
-    windows, since other work on a shared machine only ever slows a window down."""
+    windows, since other work on a shared machine only ever slows a window down, each window
+    alternating one BLAS thread (what the NumPy runner uses) and one per core: the ceiling is
+    the machine's best at that shape, whichever thread count gives it."""
+    from threadpoolctl import threadpool_limits
+
     a = np.random.rand(batch, units).astype(np.float32)
     b = np.random.rand(units, 4 * units).astype(np.float32)
-    for _ in range(10):
-        a @ b
     best = 0.0
-    for _ in range(windows):
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds / windows:
-            for _ in range(20):
+    for window in range(windows):
+        with threadpool_limits(1 if window % 2 else os.cpu_count(), user_api="blas"):
+            for _ in range(10):
                 a @ b
-            count += 20
-        best = max(best, count / (time.perf_counter() - started))
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds / windows:
+                for _ in range(20):
+                    a @ b
+                count += 20
+            best = max(best, count / (time.perf_counter() - started))
     return best * 2 * a.shape[0] * a.shape[1] * b.shape[1] / 1e9
 
 
@@ -234,6 +240,25 @@ def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[i
     return result
 
 
+def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
+    """Issue 18.4's figures alone: per model, the GEMM ceiling, the NumPy runner's step at batch
+    64 and the engine at 64 streams, measured together in each of `rounds` rounds (models
+    alternating), each as a share of the ceiling measured in its own round; a shared machine's
+    load drifts, so the ratios are only compared within a round."""
+    runs = {label: (build_charrnn(config), config) for label, config in configs.items()}
+    print(f"load averages at the start: {os.getloadavg()}")
+    for round_ in range(rounds):
+        for label, (model, config) in runs.items():
+            runner = build_runner(model, config, "numpy")
+            ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / runner.flops_per_char()
+            step = 64 / step_microseconds(runner, 64) * 1e6
+            engine = best_engine_chars_per_s(runner, vocab, 64, 400)
+            print(f"round {round_ + 1} {time.strftime('%H:%M:%S')} {label}: ceiling "
+                  f"{ceiling:,.0f} chars/s, runner step {step:,.0f} ({step / ceiling:.0%}), "
+                  f"engine 64 streams {engine:,.0f} ({engine / ceiling:.0%})", flush=True)
+    print(f"load averages at the end: {os.getloadavg()}")
+
+
 def report(result: dict) -> None:
     print(f"\n{result['model']}: {result['params']:,} params, {result['flops_per_char'] / 1e6:.2f}"
           f" MFLOP/char, matmul {result['matmul_gflops']:.1f} GFLOP/s -> ceiling "
@@ -297,12 +322,17 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (for smoke tests)")
+    parser.add_argument("--ceiling", type=int, nargs="?", const=3, metavar="ROUNDS",
+                        help="only the 64-stream engine and runner against the GEMM ceiling")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]  # the machine is shared: how busy it was, for the record
     text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
     vocab = Vocab.from_text(text, 3500)
     big = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=512)
     reference_default = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=128)
+    if args.ceiling:
+        ceiling_check({"2x512": big, "2x128 one-hot": reference_default}, vocab, args.ceiling)
+        return
     results = [
         bench_model("2x512 LSTM", big, vocab, [1, 8, 64, 256], baseline=True, quick=args.quick,
                     long_prime_budgets=[0, 16, DEFAULT_PREFILL_CHARS, 256, 1000]),

@@ -18,8 +18,25 @@ from models.config import CharRNNConfig
 from models.step_cells import StepWeights, WeightsView, cell_update
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # equal to 1/(1+e^-x), without overflow warnings
+def _rows(slots: np.ndarray) -> slice | np.ndarray:
+    """The state rows of `slots`: a slice when they are consecutive (a full batch, which the
+    engine passes in slot order), so a step reads views and writes rows back without the
+    gathers and scatters of fancy indexing; else the slots themselves."""
+    first = int(slots[0])
+    if int(slots[-1]) - first == len(slots) - 1 and (np.diff(slots) == 1).all():
+        return slice(first, first + len(slots))
+    return slots
+
+
+def single_threaded_blas() -> None:
+    """One BLAS thread in this process from now on. A step's GEMMs are small (~0.1 ms at 2x128):
+    split over threads they gain little even on an idle machine, and on a shared one a GEMM
+    waits at its fork-join barrier for whichever of its threads was preempted, and so does
+    the engine's worker thread around it: at 64 streams the engine ran 2-10x slower with two
+    BLAS threads than with one (BENCHMARKS.md, Sampling engine)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 class StepRunner(WeightsView):
@@ -27,6 +44,7 @@ class StepRunner(WeightsView):
     device = "CPU"  # the host: NumPy computes where the replica process runs
 
     def __init__(self, weights: StepWeights):
+        single_threaded_blas()
         self.weights = weights
         self.slots = 0
         self.state: list[list[np.ndarray]] = []  # per layer: [h] or [h, c], each [slots, units]
@@ -49,7 +67,7 @@ class StepRunner(WeightsView):
 
     def step(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Feed `ids[i]` to the sequence in `slots[i]`; returns next-char logits [n, vocab]."""
-        weights = self.weights
+        weights, rows = self.weights, _rows(slots)
         x = None
         for index, (layer, parts) in enumerate(zip(weights.layers, self.state, strict=True)):
             if index == 0:
@@ -57,10 +75,10 @@ class StepRunner(WeightsView):
             else:
                 gates = x @ layer.kernel
                 gates += layer.bias
-            new = cell_update(layer, gates, [array[slots] for array in parts], layer.recurrent,
-                              layer.recurrent_bias, _sigmoid, np.tanh)
+            new = cell_update(layer, gates, [array[rows] for array in parts], layer.recurrent,
+                              layer.recurrent_bias, np.tanh)
             for array, value in zip(parts, new, strict=True):
-                array[slots] = value
+                array[rows] = value
             x = new[0]
         return x @ weights.out_kernel + weights.out_bias
 
@@ -77,7 +95,7 @@ class StepRunner(WeightsView):
             outputs = np.empty((len(ids), layer.units), np.float32)
             for position, gates in enumerate(inputs):
                 state = cell_update(layer, gates[None], state, layer.recurrent,
-                                    layer.recurrent_bias, _sigmoid, np.tanh)
+                                    layer.recurrent_bias, np.tanh)
                 outputs[position] = state[0][0]
             for array, value in zip(parts, state, strict=True):
                 array[slot] = value[0]

@@ -7,6 +7,12 @@ layer layout and the cell math are written once.
 The first layer's input projection is a table lookup: for one-hot input
 `onehot(ids) @ W == W[ids]`, and for an embedding `E[ids] @ W == (E @ W)[ids]`, so the table
 (with the first layer's bias folded in) is precomputed once per model.
+
+Gate math in "tanh form": sigmoid(x) == 0.5 * tanh(x / 2) + 0.5, so the weights of the sigmoid
+gates are stored halved (exact: a power of two) and in front (LSTM i, f, o, then g; GRU z, r,
+then h), and ONE tanh over a layer's whole pre-activation block gives every gate. On the host
+the element-wise gate math cost about as much as the GEMMs of a small model; this layout halves
+its calls, and each call runs over contiguous rows instead of one column block per gate.
 """
 
 from __future__ import annotations
@@ -19,6 +25,21 @@ import numpy as np
 from models.config import CharRNNConfig
 
 STATE_PARTS = {"lstm": 2, "gru": 1, "rnn": 1}  # arrays of state per layer: (h, c) or (h,)
+# Keras' gate order -> the step layout's: the sigmoid gates first (see the module docstring).
+GATE_ORDER = {"lstm": (0, 1, 3, 2), "gru": (0, 1, 2), "rnn": (0,)}
+SIGMOID_GATES = {"lstm": 3, "gru": 2, "rnn": 0}
+
+
+def tanh_form(cell: str, array: np.ndarray | None) -> np.ndarray | None:
+    """A Keras weight or bias (gates along the last axis) in the step layout: gates reordered,
+    the sigmoid ones halved."""
+    if array is None:
+        return None
+    order = GATE_ORDER[cell]
+    gates = np.split(array, len(order), axis=-1)
+    blocks = [gates[g] * np.float32(0.5) if i < SIGMOID_GATES[cell] else gates[g]
+              for i, g in enumerate(order)]
+    return np.ascontiguousarray(np.concatenate(blocks, axis=-1), dtype=np.float32)
 
 
 @dataclass
@@ -57,8 +78,10 @@ class StepWeights:
             recurrent_bias = None
             if config.cell == "gru":  # Keras 3 default reset_after=True: bias is [2, 3*units]
                 bias, recurrent_bias = bias[0], bias[1]
-            layers.append(LayerWeights(config.cell, kernel, recurrent, bias, recurrent_bias,
-                                       recurrent.shape[0]))
+            layers.append(LayerWeights(
+                config.cell, *(tanh_form(config.cell, w) for w in (kernel, recurrent, bias,
+                                                                   recurrent_bias)),
+                recurrent.shape[0]))
         first = layers[0]
         projection = first.kernel
         if config.use_embedding:
@@ -101,23 +124,22 @@ class WeightsView:
 
 
 def cell_update(layer: LayerWeights, gates, state: list, recurrent, recurrent_bias,
-                sigmoid: Callable, tanh: Callable) -> list:
+                tanh: Callable) -> list:
     """One cell step for a batch: `gates` is the input side (x @ kernel + bias), `state` the
     layer's [h] or [h, c] rows; returns the new state in the same order (h first, the layer's
     output). `recurrent`/`recurrent_bias` are the layer's weights as the caller's arrays (NumPy
-    or device tensors), `sigmoid`/`tanh` the caller's functions. Gate order is Keras': LSTM
-    i, f, g, o; GRU z, r, h."""
+    or device tensors), `tanh` the caller's function. Weights are in the tanh form (module
+    docstring): LSTM i, f, o halved, then g; GRU z, r halved, then h."""
     h, u = state[0], layer.units
     if layer.cell == "lstm":
-        gates = gates + h @ recurrent
-        i, f = sigmoid(gates[:, :u]), sigmoid(gates[:, u:2 * u])
-        g, o = tanh(gates[:, 2 * u:3 * u]), sigmoid(gates[:, 3 * u:])
-        c = f * state[1] + i * g
-        return [o * tanh(c), c]
+        t = tanh(gates + h @ recurrent)
+        s = 0.5 * t[:, :3 * u] + 0.5  # sigmoid of i, f, o
+        c = s[:, u:2 * u] * state[1] + s[:, :u] * t[:, 3 * u:]
+        return [s[:, 2 * u:] * tanh(c), c]
     if layer.cell == "gru":
         hidden = h @ recurrent + recurrent_bias  # reset_after: r gates the recurrent term
-        z = sigmoid(gates[:, :u] + hidden[:, :u])
-        r = sigmoid(gates[:, u:2 * u] + hidden[:, u:2 * u])
-        candidate = tanh(gates[:, 2 * u:] + r * hidden[:, 2 * u:])
+        s = 0.5 * tanh(gates[:, :2 * u] + hidden[:, :2 * u]) + 0.5  # sigmoid of z, r
+        z = s[:, :u]
+        candidate = tanh(gates[:, 2 * u:] + s[:, u:] * hidden[:, 2 * u:])
         return [z * h + (1.0 - z) * candidate]
     return [tanh(gates + h @ recurrent)]

@@ -130,8 +130,7 @@ class TFStepRunner(WeightsView):
             kernel, bias, recurrent, recurrent_bias = variables
             gates = tf.gather(self.input_table, ids) if index == 0 else x @ kernel + bias
             parts = old[len(new):len(new) + layer.state_parts]
-            new += cell_update(layer, gates, parts, recurrent, recurrent_bias,
-                               tf.sigmoid, tf.tanh)
+            new += cell_update(layer, gates, parts, recurrent, recurrent_bias, tf.tanh)
             x = new[-layer.state_parts]  # h, the layer's output
         self.state.scatter_update(tf.IndexedSlices(tf.concat(new, axis=1), slots))
         return x @ self.out_kernel + self.out_bias
@@ -149,7 +148,7 @@ class TFStepRunner(WeightsView):
             def advance(state, gates, layer=layer, recurrent=recurrent,
                         recurrent_bias=recurrent_bias):
                 return cell_update(layer, gates[None], state, recurrent, recurrent_bias,
-                                   tf.sigmoid, tf.tanh)
+                                   tf.tanh)
 
             parts = old[len(final):len(final) + layer.state_parts]
             states = tf.scan(advance, inputs, initializer=parts)  # each [len(ids), 1, width]

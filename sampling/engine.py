@@ -349,9 +349,11 @@ class SamplingEngine:
 
 class _Batch:
     """The running sequences of a step, in row order, with their slots and which of them take
-    the per-character path (stop strings, logprobs)."""
+    the per-character path (stop strings, logprobs). Rows are in slot order: a full batch is
+    then one run of slots, whose state the NumPy runner reads as views (models/runner.py)."""
 
     def __init__(self, sequences: list[Sequence]):
+        sequences = sorted(sequences, key=lambda s: s.slot)
         self.sequences = sequences
         self.slots = np.fromiter((s.slot for s in sequences), np.int64, len(sequences))
         self.slow = np.fromiter((s.slow for s in sequences), bool, len(sequences))
