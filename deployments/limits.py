@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from deployments.errors import ApiError
-from deployments.guards import RateLimiter
+from deployments.rate_limit import RateLimiter
 from models.config import SampleConfig, param
 
 

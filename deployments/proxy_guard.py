@@ -3,6 +3,12 @@ whose `Content-Length` is over the largest body any route accepts is answered 41
 itself, before it reads a byte of the body or routes the request to the Ingress replica. The
 per-route caps, chunked bodies and the body rate stay with the Ingress (deployments/guards.py).
 
+A refusal also costs its client: past a burst, an address's refusals are answered only after a
+wait (a tarpit), so a client sending oversized bodies in a loop is held to REFUSALS_PER_S
+instead of as many as the proxy can answer, on the process every request of the node goes
+through. A held refusal is a sleeping coroutine: uvicorn stops reading a body nobody
+receives after 64 kB, so it buffers no more than that.
+
 Serve's proxy loads it when its node's `ray start` ran with
 RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH set to CALLBACK (the Makefile, cluster.yaml and
 tests/conftest.py do). Standard library and Starlette only: it runs in the proxy's process,
@@ -11,11 +17,15 @@ which loads none of the app.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from pathlib import Path
 
 from starlette.middleware import Middleware
+
+from deployments.rate_limit import RateLimiter
 
 CALLBACK = "deployments.proxy_guard:middlewares"
 CAP_VARIABLE = "RNNSERVE_PROXY_MAX_BODY_BYTES"
@@ -23,6 +33,13 @@ CAP_VARIABLE = "RNNSERVE_PROXY_MAX_BODY_BYTES"
 # Ingress accepts an upload body of max_upload_bytes plus this.
 MULTIPART_OVERHEAD = 64 * 1024
 SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
+# The tarpit: an address's refusals are answered at once REFUSAL_BURST times, then at
+# REFUSALS_PER_S; one that keeps going waits up to (1 + REFUSAL_BURST) / REFUSALS_PER_S (21 s).
+# Past MAX_HELD refusals waiting at once (all clients), the next are answered at once, so the
+# tarpit itself cannot be made to hold unbounded connections.
+REFUSALS_PER_S = 1.0
+REFUSAL_BURST = 20
+MAX_HELD = 1000
 
 
 def declared_length(scope) -> int | None:
@@ -58,8 +75,11 @@ class BodyCap:
     """Pure ASGI middleware: 413 for a declared body over `max_bytes`, in the API's error shape
     (`{"error", "detail"}`), closing the connection instead of reading the body to keep it."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, refusals_per_s: float = REFUSALS_PER_S,
+                 refusal_burst: float = REFUSAL_BURST, max_held: int = MAX_HELD):
         self.app, self.max_bytes = app, max_bytes
+        self.refusals = RateLimiter(refusals_per_s, refusal_burst)
+        self.max_held, self.held = max_held, 0
         self.body = json.dumps({
             "error": f"request body larger than {max_bytes} bytes, the most this server "
                      f"accepts on any route ({CAP_VARIABLE})",
@@ -69,8 +89,26 @@ class BodyCap:
         length = declared_length(scope) if scope["type"] == "http" else None
         if length is None or length <= self.max_bytes:
             return await self.app(scope, receive, send)
+        await self._tarpit(scope)
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(self.body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": self.body})
+
+    async def _tarpit(self, scope) -> None:
+        """Wait before answering a client past its refusal burst. The wait is also charged to
+        its bucket (into debt, at most a burst's worth), so a client that keeps sending waits
+        longer each time, up to the cap, and is held to the refill rate."""
+        # The address uvicorn gives: X-Forwarded-For is honoured from FORWARDED_ALLOW_IPS only.
+        client = (scope.get("client") or ("unknown",))[0]
+        now = time.monotonic()
+        wait = self.refusals.check(client, now)
+        if not wait or self.held >= self.max_held:
+            return
+        self.refusals.charge(client, 1, now)
+        self.held += 1
+        try:
+            await asyncio.sleep(wait)
+        finally:
+            self.held -= 1

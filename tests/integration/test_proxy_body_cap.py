@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 import pytest
 import requests
 
-from deployments.proxy_guard import CAP_VARIABLE, default_cap
+from deployments.proxy_guard import CAP_VARIABLE, REFUSAL_BURST, default_cap
 
 pytestmark = pytest.mark.integration
 
 FAR_ABOVE = 10**12  # a terabyte declared, not one byte of it sent
 
 
-def declare(url: str, path: str, length: int) -> tuple[int, dict[str, str], bytes, bool]:
-    """POST `path` declaring a body of `length` bytes and sending none; returns the status,
-    headers (lower-case names), body, and whether the server closed the connection after."""
+def declare(url: str, path: str, length: int,
+            source: str | None = None) -> tuple[int, dict[str, str], bytes, bool]:
+    """POST `path` declaring a body of `length` bytes and sending none (from the loopback
+    address `source`, if given); returns the status, headers (lower-case names), body, and
+    whether the server closed the connection after."""
     address = urlparse(url)
-    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+    with socket.create_connection((address.hostname, address.port), timeout=60,
+                                  source_address=(source, 0) if source else None) as sock:
         sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {address.netloc}\r\nContent-Type: "
                      f"application/json\r\nContent-Length: {length}\r\n\r\n".encode())
         data = b""
@@ -59,3 +64,23 @@ def test_ordinary_requests_and_the_ingress_caps_are_untouched(serve_app):
     status, headers, body, _ = declare(serve_app, "/models/anything/generate", 3 * 1024 * 1024)
     assert status == 413 and "larger than 2097152 bytes" in json.loads(body)["error"]
     assert headers["x-request-id"]
+
+
+def test_a_client_refused_past_its_burst_waits_for_its_answers(serve_app):
+    """The proxy's tarpit on the real proxy: REFUSAL_BURST + 10 oversized declarations at
+    once from one address (127.0.0.3, so no other test's client is charged) are all refused,
+    the last ones only after waits that grow by a second a refusal. However slowly this machine
+    delivers them, they arrive within seconds, so the bucket refills far fewer than 10."""
+    count = REFUSAL_BURST + 10
+
+    def refused_after() -> tuple[int, float]:
+        started = time.monotonic()
+        status, *_ = declare(serve_app, "/models", FAR_ABOVE, source="127.0.0.3")
+        return status, time.monotonic() - started
+
+    with ThreadPoolExecutor(count) as pool:
+        answers = list(pool.map(lambda _: refused_after(), range(count)))
+    assert {status for status, _ in answers} == {413}
+    assert max(seconds for _, seconds in answers) >= 3
+    status, headers, _, _ = declare(serve_app, "/models", FAR_ABOVE)  # another address: at once
+    assert status == 413 and "x-request-id" not in headers

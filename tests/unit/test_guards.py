@@ -10,7 +10,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from deployments.guards import BODY_TOO_LARGE, RateLimiter, RequestGuards, TokenBucket
+from deployments.guards import BODY_TOO_LARGE, RequestGuards
+from deployments.rate_limit import RateLimiter, TokenBucket
 
 
 def test_token_bucket_allows_bursts_then_paces():

@@ -80,3 +80,49 @@ def test_the_cap_is_the_environments_else_the_largest_body_the_ingress_accepts(m
         monkeypatch.setenv(CAP_VARIABLE, wrong)
         with pytest.raises(ValueError, match=CAP_VARIABLE):
             middlewares()
+
+
+def refuse_in_a_row(guard: BodyCap, client: str, times: int) -> None:
+    async def app(scope, receive, send):
+        raise AssertionError("an oversized body reached the app")
+
+    async def receive():
+        raise AssertionError("an oversized body was read")
+
+    async def send(message):
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/models", "client": (client, 4321),
+             "headers": [(b"content-length", b"101")]}
+    for _ in range(times):
+        asyncio.run(guard(scope, receive, send))
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """The tarpit's waits, recorded instead of slept."""
+    recorded = []
+
+    async def sleep(seconds):
+        recorded.append(seconds)
+    monkeypatch.setattr("deployments.proxy_guard.asyncio.sleep", sleep)
+    return recorded
+
+
+def test_refusals_past_the_burst_wait_and_the_wait_grows_to_its_cap(waits):
+    guard = BodyCap(None, 100, refusals_per_s=1.0, refusal_burst=3)
+    refuse_in_a_row(guard, "10.0.0.1", 3)
+    assert waits == []  # the burst: answered at once
+    refuse_in_a_row(guard, "10.0.0.1", 6)
+    # Each wait is charged into debt, so a client that does not stop waits longer each time,
+    # up to (1 + burst) / rate.
+    assert len(waits) == 6 and waits == sorted(waits)
+    assert 0.9 < waits[0] <= 1.0 and 3.9 < waits[-1] <= 4.0
+    refuse_in_a_row(guard, "10.0.0.2", 3)  # another client has a bucket of its own
+    assert len(waits) == 6
+
+
+def test_the_tarpit_holds_at_most_max_held_refusals_at_once(waits):
+    guard = BodyCap(None, 100, refusals_per_s=1.0, refusal_burst=1, max_held=0)
+    refuse_in_a_row(guard, "10.0.0.1", 5)
+    assert waits == []  # nothing may be held: every refusal answered at once
