@@ -157,17 +157,17 @@ class SamplingEngine:
         if batch is None:
             return 0
         self._prefill()
-        slots = batch.slots
-        logits = self.runner.step(slots, self.table.next_id[slots])
-        reading = self.table.prompt_left[slots] > 1  # fed a prompt id that is not the last
+        logits = self.runner.step(batch.slots, self.table.next_id[batch.index])
+        reading = self.table.prompt_left[batch.index] > 1  # fed a prompt id that is not the last
         if reading.any():
             for row in np.flatnonzero(reading):
                 self._prompt_fed(batch.sequences[row], logits[row:row + 1])
-            self._sample(logits, np.flatnonzero(~reading))
+            rows = np.flatnonzero(~reading)
+            self._sample(logits[rows], rows, batch.slots[rows])
         else:
-            self._sample(logits, batch.rows)
-        self.occupancy.append(len(slots))
-        return len(slots)
+            self._sample(logits, batch.rows, batch.index)
+        self.occupancy.append(len(batch.slots))
+        return len(batch.slots)
 
     def _schedule(self) -> _Batch | None:
         """Admit and drop at the step boundary; the running sequences as arrays (rebuilt only
@@ -213,22 +213,29 @@ class SamplingEngine:
                 for row, char_id in zip(logits, predicted, strict=True)]
         self.table.advance_prompt(sequence, len(logits))
 
-    def _sample(self, logits: np.ndarray, rows: np.ndarray) -> None:
-        """Sample the next character of the sequences in `rows`, record it, retire those
+    def _sample(self, logits: np.ndarray, rows: np.ndarray, slots: np.ndarray | slice) -> None:
+        """Sample the next character of the sequences in `rows` of the batch (in `slots`, or
+        a slice of them when consecutive; one row of `logits` each), record it, retire those
         that are done."""
         if not len(rows):
             return
         batch, table = self._batch, self.table
-        slots = batch.slots[rows]
-        chosen = table.sample(logits[rows], slots)
+        chosen = table.sample(logits, slots)
+        owners = np.array(table.owner[slots])  # a copy: the slots may be reloaded before delivery
+        at_length = table.generated[slots] >= table.max_length[slots]
+        if not batch.any_slow:  # the usual batch: no per-row Python
+            self._sampled.append((owners, chosen))
+            for row in np.flatnonzero(at_length):
+                self._retire(batch.sequences[rows[row]], "length")
+            return
         slow = batch.slow[rows]
         fast = ~slow
         if fast.any():
-            self._sampled.append((table.owner[slots[fast]], chosen[fast]))
-        for row in np.flatnonzero(fast & (table.generated[slots] >= table.max_length[slots])):
+            self._sampled.append((owners[fast], chosen[fast]))
+        for row in np.flatnonzero(fast & at_length):
             self._retire(batch.sequences[rows[row]], "length")
         for row in np.flatnonzero(slow):
-            self._accept(batch.sequences[rows[row]], int(chosen[row]), logits[rows[row]])
+            self._accept(batch.sequences[rows[row]], int(chosen[row]), logits[row])
 
     def _accept(self, sequence: Sequence, char_id: int, logits: np.ndarray) -> None:
         """A sampled character of a sequence with stop strings or logprobs: deliver it (or
@@ -356,5 +363,11 @@ class _Batch:
         sequences = sorted(sequences, key=lambda s: s.slot)
         self.sequences = sequences
         self.slots = np.fromiter((s.slot for s in sequences), np.int64, len(sequences))
+        # The slots as a slice when consecutive: the slot table's per-slot arrays are then read
+        # and written as views, not gathered and scattered.
+        first, count = int(self.slots[0]), len(sequences)
+        consecutive = int(self.slots[-1]) - first == count - 1  # distinct and sorted
+        self.index = slice(first, first + count) if consecutive else self.slots
         self.slow = np.fromiter((s.slow for s in sequences), bool, len(sequences))
+        self.any_slow = bool(self.slow.any())
         self.rows = np.arange(len(sequences))

@@ -46,7 +46,7 @@ def sample_rows(logits: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
     unknown symbol."""
     scaled = logits.astype(np.float64) / temperature[:, None]
     scaled[:, 0] = -np.inf
-    if np.any(top_k > 0) or np.any(top_p < 1.0):
+    if top_k.any() or (top_p < 1.0).any():  # (top_k <= 0 means all ids, as in _truncate)
         _truncate(scaled, top_k, top_p)
     scaled -= scaled.max(axis=1, keepdims=True)
     cumulative = np.cumsum(np.exp(scaled, out=scaled), axis=1)

@@ -51,9 +51,10 @@ class SlotTable:
         self.prompt_left[slot] -= count
         self.next_id[slot] = sequence.prompt_ids[len(sequence.prompt_ids) - self.prompt_left[slot]]
 
-    def sample(self, logits: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """The next character of the sequences in `slots` (one logits row each); they become
-        the next inputs and the streams move on by one."""
+    def sample(self, logits: np.ndarray, slots: np.ndarray | slice) -> np.ndarray:
+        """The next character of the sequences in `slots` (one logits row each; a slice of
+        consecutive slots reads and writes views); they become the next inputs and the streams
+        move on by one."""
         draws = uniforms(self.key[slots], self.generated[slots])
         chosen = sample_rows(logits, self.temperature[slots], self.top_k[slots],
                              self.top_p[slots], draws)
