@@ -17,7 +17,12 @@ import time
 
 from deployments.auth import check_bearer, key_required_for_inference
 from deployments.errors import error_body
-from deployments.proxy_guard import MULTIPART_OVERHEAD, declared_length
+from deployments.proxy_guard import (
+    BODY_METHODS,
+    MULTIPART_OVERHEAD,
+    declared_length,
+    large_body_pending,
+)
 from deployments.rate_limit import RateLimiter
 
 BODY_TOO_LARGE = "rnnserve.body_too_large"
@@ -76,21 +81,9 @@ class BodyRefused(Exception):
         self.status, self.error = status, error
 
 
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Refused without its body read, a request whose body may be larger than this has its
-# connection closed: Serve's proxy (uvicorn) would otherwise read the rest of it to keep the
-# connection, which is where a flood of oversized bodies spends the most CPU.
-DRAIN_AT_MOST = 64 * 1024
 # What a refused body (413, 408) costs its client's rate bucket, in requests: a client that
 # keeps sending what it is told is refused is slowed to a tenth of the rate.
 REFUSED_BODY_COST = 10
-
-
-def _large_body_pending(scope) -> bool:
-    if scope["method"] not in BODY_METHODS:
-        return False
-    length = declared_length(scope)
-    return length is None or length > DRAIN_AT_MOST
 
 
 class RequestGuards:
@@ -118,14 +111,14 @@ class RequestGuards:
             return await send_error(send, 401, "inference needs 'Authorization: Bearer "
                                     "<RNNSERVE_API_KEY>' on this server",
                                     {"WWW-Authenticate": "Bearer"}, scope["path"],
-                                    close=_large_body_pending(scope))
+                                    close=large_body_pending(scope))
         limiter = self.limiters.get(route)
         if limiter is not None:
             wait = limiter.check(f"{route}:{client_of(scope, self.api_key)}")
             if wait > 0:
                 return await send_error(send, 429, "too many requests; retry later",
                                          {"Retry-After": str(math.ceil(wait))}, scope["path"],
-                                         close=_large_body_pending(scope))
+                                         close=large_body_pending(scope))
         if route == "inference" and self.max_in_flight > 0:
             # A client's generations/predictions at once (a stream counts until it ends): one
             # address cannot fill a model's waiting queue or cycle the model cache alone.
@@ -134,7 +127,7 @@ class RequestGuards:
                 return await send_error(send, 429, f"more than {self.max_in_flight} requests "
                                          "in flight from this client; retry later",
                                          {"Retry-After": "1"}, scope["path"],
-                                         close=_large_body_pending(scope))
+                                         close=large_body_pending(scope))
             self.in_flight[client] = self.in_flight.get(client, 0) + 1
             try:
                 return await self._guard_body(route, scope, receive, send)

@@ -1,5 +1,5 @@
 """Token buckets per client: the Ingress's rate limits (deployments/guards.py) and the
-proxy's refusal tarpit (deployments/proxy_guard.py). Standard library only, because the proxy
+proxy's tarpit for refused large bodies (deployments/proxy_guard.py). Standard library only, because the proxy
 process that imports it loads none of the app."""
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ class TokenBucket:
         self.updated = now
         self.tokens = max(-self.burst, self.tokens - tokens)
 
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there (0: now), taking none."""
+        return max(0.0, (1 - min(self.burst, self.tokens + (now - self.updated) * self.rate))
+                   / self.rate)
+
 
 class RateLimiter:
     """One bucket per (client, route class); the least recently seen clients are forgotten."""
@@ -53,3 +58,7 @@ class RateLimiter:
     def charge(self, key: str, tokens: float, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         self._bucket(key, now).charge(tokens, now)
+
+    def wait(self, key: str, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return self._bucket(key, now).wait(now)

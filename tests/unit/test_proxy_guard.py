@@ -12,9 +12,10 @@ import yaml
 from deployments.limits import Limits
 from deployments.proxy_guard import (
     CAP_VARIABLE,
+    LARGE_BODY,
     MULTIPART_OVERHEAD,
     SERVE_CONFIG,
-    BodyCap,
+    LargeBodyGuard,
     middlewares,
 )
 from models.config import parse_config
@@ -42,7 +43,7 @@ def call(middleware, headers: list[tuple[bytes, bytes]], scope_type: str = "http
 
 
 def test_a_declared_body_over_the_cap_is_refused_unread():
-    sent, ran, read = call(BodyCap, [(b"content-length", b"101")])
+    sent, ran, read = call(LargeBodyGuard, [(b"content-length", b"101")])
     assert not ran and not read
     start, body = sent
     assert start["status"] == 413
@@ -58,12 +59,12 @@ def test_a_declared_body_over_the_cap_is_refused_unread():
                                      [(b"transfer-encoding", b"chunked")]])
 def test_bodies_at_the_cap_or_undeclared_go_on_to_the_app(headers):
     # Chunked and malformed lengths are the Ingress's to count (or the server's to refuse).
-    sent, ran, read = call(BodyCap, headers)
+    sent, ran, read = call(LargeBodyGuard, headers)
     assert ran and read and sent[0]["status"] == 200
 
 
 def test_other_connections_pass_untouched():
-    _, ran, _ = call(BodyCap, [(b"content-length", b"999")], scope_type="websocket")
+    _, ran, _ = call(LargeBodyGuard, [(b"content-length", b"999")], scope_type="websocket")
     assert ran
 
 
@@ -72,7 +73,7 @@ def test_the_cap_is_the_environments_else_the_largest_body_the_ingress_accepts(m
     shipped = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]["limits"]
     upload_cap = parse_config(Limits, shipped).max_upload_bytes
     (guard,) = middlewares()
-    assert guard.cls is BodyCap
+    assert guard.cls is LargeBodyGuard
     assert guard.kwargs == {"max_bytes": upload_cap + MULTIPART_OVERHEAD}
     monkeypatch.setenv(CAP_VARIABLE, "5000")
     assert middlewares()[0].kwargs == {"max_bytes": 5000}
@@ -82,47 +83,88 @@ def test_the_cap_is_the_environments_else_the_largest_body_the_ingress_accepts(m
             middlewares()
 
 
-def refuse_in_a_row(guard: BodyCap, client: str, times: int) -> None:
+def send_in_a_row(guard: LargeBodyGuard, client: str, times: int, length: int = 101,
+                  app_status: int = 200) -> list[int]:
+    """The statuses of `times` POSTs from `client` declaring `length` bytes, one after the
+    other; the app behind answers `app_status` without reading the body."""
     async def app(scope, receive, send):
-        raise AssertionError("an oversized body reached the app")
+        await send({"type": "http.response.start", "status": app_status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
     async def receive():
-        raise AssertionError("an oversized body was read")
+        raise AssertionError("the body was read")
+
+    statuses = []
 
     async def send(message):
-        pass
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
 
     scope = {"type": "http", "method": "POST", "path": "/models", "client": (client, 4321),
-             "headers": [(b"content-length", b"101")]}
+             "headers": [(b"content-length", str(length).encode())]}
+    guard.app = app
     for _ in range(times):
         asyncio.run(guard(scope, receive, send))
+    return statuses
+
+
+class Clock:
+    """The guard's clock, moved only by its sleeps: each wait is recorded, not slept."""
+
+    def __init__(self):
+        self.now, self.waits = 1000.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
 
 
 @pytest.fixture
-def waits(monkeypatch):
-    """The tarpit's waits, recorded instead of slept."""
-    recorded = []
-
-    async def sleep(seconds):
-        recorded.append(seconds)
-    monkeypatch.setattr("deployments.proxy_guard.asyncio.sleep", sleep)
-    return recorded
+def clock(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("deployments.proxy_guard.asyncio.sleep", clock.sleep)
+    return clock
 
 
-def test_refusals_past_the_burst_wait_and_the_wait_grows_to_its_cap(waits):
-    guard = BodyCap(None, 100, refusals_per_s=1.0, refusal_burst=3)
-    refuse_in_a_row(guard, "10.0.0.1", 3)
-    assert waits == []  # the burst: answered at once
-    refuse_in_a_row(guard, "10.0.0.1", 6)
-    # Each wait is charged into debt, so a client that does not stop waits longer each time,
-    # up to (1 + burst) / rate.
-    assert len(waits) == 6 and waits == sorted(waits)
-    assert 0.9 < waits[0] <= 1.0 and 3.9 < waits[-1] <= 4.0
-    refuse_in_a_row(guard, "10.0.0.2", 3)  # another client has a bucket of its own
-    assert len(waits) == 6
+def guard(clock: Clock, max_bytes: int, **tarpit) -> LargeBodyGuard:
+    return LargeBodyGuard(None, max_bytes, refusals_per_s=1.0, clock=clock, **tarpit)
 
 
-def test_the_tarpit_holds_at_most_max_held_refusals_at_once(waits):
-    guard = BodyCap(None, 100, refusals_per_s=1.0, refusal_burst=1, max_held=0)
-    refuse_in_a_row(guard, "10.0.0.1", 5)
-    assert waits == []  # nothing may be held: every refusal answered at once
+def test_a_client_refused_past_its_burst_is_held_before_its_next_large_bodies(clock):
+    cap = guard(clock, 100, refusal_burst=3)
+    assert send_in_a_row(cap, "10.0.0.1", 3) == [413] * 3
+    assert clock.waits == []  # the burst: answered at once
+    assert send_in_a_row(cap, "10.0.0.1", 4) == [413] * 4
+    # One after the other, each waits the second its token takes to come back.
+    assert clock.waits == pytest.approx([1.0] * 4)
+    assert send_in_a_row(cap, "10.0.0.2", 3) == [413] * 3  # another client: its own bucket
+    assert len(clock.waits) == 4
+
+
+def test_large_bodies_the_app_refuses_feed_the_tarpit_and_small_ones_are_never_held(clock):
+    cap = guard(clock, 10**9, refusal_burst=2)
+    large = LARGE_BODY + 1
+    # The Ingress's answers count as the proxy's own: a 429 or 400 for a large body too.
+    assert send_in_a_row(cap, "10.0.0.1", 3, large, app_status=429) == [429] * 3
+    assert len(clock.waits) == 1
+    assert send_in_a_row(cap, "10.0.0.1", 3, LARGE_BODY, app_status=429) == [429] * 3
+    assert len(clock.waits) == 1  # small bodies pass untouched, even from a client in the tarpit
+    send_in_a_row(cap, "10.0.0.3", 5, large, app_status=200)
+    assert len(clock.waits) == 1  # accepted large bodies (uploads) cost nothing
+
+
+def test_concurrent_refusals_put_a_client_into_debt_of_at_most_a_burst(clock):
+    cap = guard(clock, 100, refusal_burst=3)
+    for _ in range(10):  # ten refused at once: none was held, all were charged
+        cap.refusals.charge("10.0.0.1", 1, clock())
+    send_in_a_row(cap, "10.0.0.1", 1)
+    assert clock.waits == pytest.approx([4.0])  # (1 + burst) / rate
+
+
+def test_the_tarpit_holds_at_most_max_held_requests_at_once(clock):
+    cap = guard(clock, 100, refusal_burst=1, max_held=0)
+    send_in_a_row(cap, "10.0.0.1", 5)
+    assert clock.waits == []  # nothing may be held: every refusal answered at once
