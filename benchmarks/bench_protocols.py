@@ -18,8 +18,9 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks import REPO, RESULTS, SHARED_DATA
-from loadtest.run_load import BIN, LENGTH, REPORTS, locust_stats
+from benchmarks import RESULTS, SHARED_DATA
+from deployments.serve_config import changed_config, write_config
+from loadtest.run_load import BIN, LENGTH, LOAD_LIMITS, REPORTS, locust_stats
 
 USERS = {"native": ("StreamUser", "/models/[name]/generate stream", "stream first chunk"),
          "openai": ("OpenAIStreamUser", "/v1/completions stream", "/v1 stream first chunk")}
@@ -40,7 +41,6 @@ def run_locust(url: str, model: str, kind: str, users: int, seconds: int) -> dic
 
 def main(argv: list[str] | None = None) -> None:
     import requests
-    import yaml
 
     from tests.conftest import deploy_app, free_port, start_ray_head, stop_ray
     from tests.integration.api import TRAIN_FORM, upload, wait_status
@@ -55,14 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "RNNSERVE_STORAGE": str(storage),
            "RNNSERVE_DB_URL": f"sqlite:///{storage}/registry.db", "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     port = free_port()
-    config["http_options"]["port"] = port
-    config["applications"][0]["args"]["limits"].update(inference_per_s=0,
-                                                       max_in_flight_per_client=0)
     storage.mkdir(parents=True, exist_ok=True)
-    config_path = storage / "serve_config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path = write_config(changed_config(port, **LOAD_LIMITS), storage / "serve_config.yaml")
     url = f"http://127.0.0.1:{port}"
     cluster = start_ray_head(env)
     try:

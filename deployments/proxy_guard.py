@@ -29,13 +29,13 @@ from pathlib import Path
 from starlette.middleware import Middleware
 
 from deployments.rate_limit import RateLimiter
+from deployments.serve_config import SERVE_CONFIG, rnnserve_app, shipped_config
 
 CALLBACK = "deployments.proxy_guard:middlewares"
 CAP_VARIABLE = "RNNSERVE_PROXY_MAX_BODY_BYTES"
 # An upload's multipart framing around its file (boundaries, the form's other fields): the
 # Ingress accepts an upload body of max_upload_bytes plus this.
 MULTIPART_OVERHEAD = 64 * 1024
-SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A body larger than this, or of unknown length, is a large one: refused unread, its
 # connection is closed (uvicorn would otherwise read the rest to keep it, which is where a
@@ -68,14 +68,11 @@ def default_cap(config_path: Path = SERVE_CONFIG) -> int:
     """The largest body the app accepts: serve_config.yaml's upload cap and its multipart
     framing. Read from the config rather than copied from it, so raising the upload cap there
     cannot leave the proxy refusing uploads the Ingress would take."""
-    import yaml  # a dependency of Ray's, as Starlette is
-
-    config = yaml.safe_load(config_path.read_text())
-    caps = [app.get("args", {}).get("limits", {}).get("max_upload_bytes")
-            for app in config.get("applications", [])]
-    if not caps or None in caps:
+    cap = rnnserve_app(shipped_config(config_path))["args"].get("limits", {}).get(
+        "max_upload_bytes")
+    if cap is None:
         raise ValueError(f"no limits.max_upload_bytes in {config_path}: set {CAP_VARIABLE}")
-    return max(caps) + MULTIPART_OVERHEAD
+    return cap + MULTIPART_OVERHEAD
 
 
 def middlewares() -> list[Middleware]:

@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 
 from benchmarks import REPO, RESULTS, SHARED_DATA
+from deployments.serve_config import changed_config, deployment, shipped_config, write_config
 from loadtest.process_cpu import CpuMeter, serve_roles
 
 BIN = Path(sys.executable).parent
@@ -44,23 +45,10 @@ SERVE_APP = "rnnserve"  # the application's name in serve_config.yaml
 FLOOR_APP, FLOOR_PREFIX = "floor", "/floor"
 
 
-def shipped_config() -> dict:
-    """serve_config.yaml as the repository ships it."""
-    import yaml
-
-    return yaml.safe_load((REPO / "serve_config.yaml").read_text())
-
-
 def load_config(limits: dict) -> Path:
     """serve_config.yaml with `limits` changed."""
-    import yaml
-
-    config = shipped_config()
-    config["applications"][0]["args"]["limits"].update(limits)
     REPORTS.mkdir(parents=True, exist_ok=True)
-    path = REPORTS / "serve_config.load.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return write_config(changed_config(**limits), REPORTS / "serve_config.load.yaml")
 
 
 def healthy(url: str) -> bool:
@@ -233,9 +221,9 @@ def deploy_floor(chunks: int) -> str:
     # Imported here, as ray is in main(): Ray reads RAY_AUTH_MODE when it is first imported.
     from loadtest import floor_app
 
-    [application] = shipped_config()["applications"]
-    options = {d["name"]: {k: v for k, v in d.items() if k != "name"}
-               for d in application["deployments"]}
+    config = shipped_config()
+    options = {name: {k: v for k, v in deployment(config, name).items() if k != "name"}
+               for name in ("Ingress", "Generator")}
     serve.run(floor_app.build(chunks, options["Ingress"], options["Generator"]),
               name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
     return floor_app.MODEL

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from deployments.proxy_guard import CALLBACK as PROXY_CALLBACK
+from deployments.serve_config import changed_config, write_config
 from tests.processes import kill_processes_marked
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,20 +175,14 @@ def deploy_app(ray_cluster: dict, config_path: Path, url: str, timeout: float = 
 def serve_app(ray_cluster, tmp_path_factory):
     """The real Serve app from serve_config.yaml (only the HTTP port changed), deployed with
     `serve deploy` onto the session cluster. Yields its base URL."""
-    import yaml
-
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     port = free_port()
-    config["http_options"]["port"] = port
     # Many uploads come from this one client in a few minutes: lift its upload rate limit
     # (test_serving checks the limiter itself on the inference routes).
     # Long generations (the schema's 10,000) give the disconnect test time to hang up mid-way.
     # The same client also keeps more training jobs going at once than a user may.
-    config["applications"][0]["args"]["limits"].update(uploads_per_minute=6000, upload_burst=1000,
-                                                       max_length=10_000, max_training_jobs=100,
-                                                       max_training_jobs_per_client=100)
-    path = tmp_path_factory.mktemp("serve") / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    config = changed_config(port, uploads_per_minute=6000, upload_burst=1000, max_length=10_000,
+                            max_training_jobs=100, max_training_jobs_per_client=100)
+    path = write_config(config, tmp_path_factory.mktemp("serve") / "serve_config.yaml")
     url = f"http://127.0.0.1:{port}"
     ray_cluster["serve_config"] = path
     deploy_app(ray_cluster, path, url)

@@ -7,17 +7,16 @@ import asyncio
 import json
 
 import pytest
-import yaml
 
 from deployments.limits import Limits
 from deployments.proxy_guard import (
     CAP_VARIABLE,
     LARGE_BODY,
     MULTIPART_OVERHEAD,
-    SERVE_CONFIG,
     LargeBodyGuard,
     middlewares,
 )
+from deployments.serve_config import rnnserve_app, shipped_config
 from models.config import parse_config
 
 
@@ -70,7 +69,7 @@ def test_other_connections_pass_untouched():
 
 def test_the_cap_is_the_environments_else_the_largest_body_the_ingress_accepts(monkeypatch):
     monkeypatch.delenv(CAP_VARIABLE, raising=False)
-    shipped = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]["args"]["limits"]
+    shipped = rnnserve_app(shipped_config())["args"]["limits"]
     upload_cap = parse_config(Limits, shipped).max_upload_bytes
     (guard,) = middlewares()
     assert guard.cls is LargeBodyGuard
