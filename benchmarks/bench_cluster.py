@@ -46,8 +46,8 @@ from tests.cluster.simcluster import (
     deploy,
     free_port,
     node_loss_under_load,
+    registry_errors,
     registry_for,
-    registry_lock_errors,
     running,
     summarize_loss,
     train_and_lose_a_node,
@@ -179,7 +179,7 @@ def main() -> None:
                 "summary": summary,
                 "series": series(result),
                 # SQLite on the shared storage, read by replicas on every node under the load
-                "database_is_locked_mentions": len(registry_lock_errors(sim, result["outcomes"])),
+                "database_error_mentions": len(registry_errors(sim, result["outcomes"])),
             },
         }
     finally:

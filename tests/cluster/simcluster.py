@@ -195,19 +195,22 @@ class SimCluster(ClusterView):
 
 
 # ---- training ------------------------------------------------------------------------------
-def start_trainer(cluster: SimCluster, *args: str) -> subprocess.Popen:
-    """`python -m trainers.charrnn ...` as a user runs it against the cluster."""
+def start_trainer(cluster: SimCluster, *args: str, db_url: str | None = None) -> subprocess.Popen:
+    """`python -m trainers.charrnn ...` as a user runs it against the cluster; the registry is
+    the cluster's unless `db_url` names another."""
     env = {**cluster.env, "RAY_ADDRESS": cluster.address}
     return subprocess.Popen(
         [sys.executable, "-m", "trainers.charrnn", *args, "--storage", str(cluster.storage),
-         "--db_url", cluster.db_url],
+         "--db_url", db_url or cluster.db_url],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def registry_for(cluster: SimCluster):
+def registry_for(cluster: SimCluster, db_url: str | None = None):
+    """The cluster's registry (or the one at `db_url`); making it creates the schema."""
     from registry import Registry, Settings
 
-    return Registry(Settings.from_env(storage=str(cluster.storage), db_url=cluster.db_url))
+    return Registry(Settings.from_env(storage=str(cluster.storage),
+                                      db_url=db_url or cluster.db_url))
 
 
 def logs_of(registry, name: str, version: int = 1) -> list[str]:
@@ -496,6 +499,14 @@ def node_loss_under_load(cluster: SimCluster, url: str, model: str, *, clients: 
     a timeline of (t, nodes alive, Generator replicas running)."""
     generators = cluster.actors("ServeReplica:rnnserve:Generator")
     victim = sorted(g["node_id"] for g in generators)[0]
+    replicas_before = {g["name"] for g in generators}
+
+    def replaced() -> bool:
+        """A Generator replica started since the kill is alive: on a loaded machine the GCS and
+        Serve's controller notice a dead node seconds late, and until then Serve still counts
+        the lost replica as RUNNING."""
+        return any(g["name"] not in replicas_before
+                   for g in cluster.actors("ServeReplica:rnnserve:Generator"))
     timeline = []
 
     def sample() -> int:
@@ -520,8 +531,8 @@ def node_loss_under_load(cluster: SimCluster, url: str, model: str, *, clients: 
     t_added = time.monotonic()
     back = None
     while time.monotonic() - t_kill < timeout:
-        if sample() >= 2 and sum(replica_states("Generator").values()) == 2:
-            back = time.monotonic()  # two running, nothing starting or stopping any more
+        if sample() >= 2 and sum(replica_states("Generator").values()) == 2 and replaced():
+            back = time.monotonic()  # two running, one new, nothing starting or stopping
             break
         time.sleep(0.25)
     watch(after_s)
@@ -532,11 +543,16 @@ def node_loss_under_load(cluster: SimCluster, url: str, model: str, *, clients: 
             "timeline": timeline, "ingress_errors": ingress_errors()}
 
 
-def registry_lock_errors(cluster: ClusterView, outcomes: list[Outcome]) -> list[str]:
-    """Every mention of SQLite's "database is locked" in any log of any node of the cluster
-    (replicas, training workers, job drivers) and in any answer the clients got."""
-    text = "database is locked"
-    return cluster.log_lines_with(text) + [o.detail for o in outcomes if text in o.detail]
+# SQLite's lock error, and SQLAlchemy's OperationalError, which carries it and PostgreSQL's
+# counterparts (a connection refused, lost or timed out, too many clients).
+DATABASE_ERRORS = ("database is locked", "OperationalError")
+
+
+def registry_errors(cluster: ClusterView, outcomes: list[Outcome]) -> list[str]:
+    """Every mention of a database error (DATABASE_ERRORS) in any log of any node of the
+    cluster (replicas, training workers, job drivers) and in any answer the clients got."""
+    return [found for text in DATABASE_ERRORS for found in (
+        cluster.log_lines_with(text) + [o.detail for o in outcomes if text in o.detail])]
 
 
 def summarize_loss(result: dict) -> dict:
