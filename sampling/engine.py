@@ -323,12 +323,29 @@ class SamplingEngine:
             except Exception:  # noqa: BLE001 - one bad step must not leave every caller waiting
                 logger.exception("a sampling step failed; ending the requests it held")
                 self._end_all("error")
-            self.deliver()
+            try:
+                self.deliver()
+            except Exception:  # noqa: BLE001 - nor must a failed delivery end this loop
+                logger.exception("delivering sampled text failed; ending every request")
+                self._fail_every_handle()
 
     def _end_all(self, reason: str) -> None:
         for sequence in self.scheduler.clear():  # the ones not ended yet
             self._end(sequence, reason)
         self._batch, self._prefilling = None, []
+
+    def _fail_every_handle(self) -> None:
+        """After a delivery failed midway, which text reached whom is unknown: every request
+        still held ends with "error" (a caller sees an error, never a text that looks whole),
+        and the engine starts clean for the next ones."""
+        self._end_all("error")
+        self._sampled, self._chars, self._logprobs, self._ended = [], {}, {}, []
+        handles, self.handles = self.handles, {}
+        for handle in handles.values():
+            if handle.finished_at is None:
+                handle._finish("error")
+                if self.on_finish is not None:
+                    self.on_finish("error")
 
     def _steps_for(self, seconds: float) -> None:
         """Several steps per hop to the worker thread: the hop costs more than a small step.

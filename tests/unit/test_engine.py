@@ -141,6 +141,30 @@ def test_a_failing_step_ends_its_requests_and_the_engine_serves_on(runner_factor
     assert finished == ["error", "length"]
 
 
+
+def test_a_failing_delivery_ends_every_request_with_an_error_and_the_engine_serves_on(
+        runner_factory, monkeypatch):
+    finished = []
+
+    async def go(engine):
+        real_deliver, failed = engine.deliver, []
+
+        def deliver_failing_once():
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("simulated")
+            real_deliver()
+        monkeypatch.setattr(engine, "deliver", deliver_failing_once)
+        broken = [engine.submit(SampleConfig(max_length=30, seed=i)) for i in range(3)]
+        await asyncio.wait_for(asyncio.gather(*(h.result() for h in broken)), 5)
+        after = await asyncio.wait_for(engine.submit(SampleConfig(max_length=30)).result(), 5)
+        return broken, after, engine
+
+    broken, after, engine = run(go, runner_factory, on_finish=finished.append)
+    assert [handle.reason for handle in broken] == ["error"] * 3
+    assert len(after) == 30 and finished == ["error"] * 3 + ["length"]
+    assert engine.handles == {}  # nothing of the failed delivery left behind
+
 LONG_PRIME = ("abc defgh \n" * 40)[:400]
 
 
