@@ -34,7 +34,8 @@ run stop: export RAY_AUTH_MODE ?= token
 # reads a byte (deployments/proxy_guard.py). `ray start` passes this to the proxy; the cap is
 # RNNSERVE_PROXY_MAX_BODY_BYTES if set, else derived from serve_config.yaml's max_upload_bytes
 # (not repeated here, so the two cannot drift apart). A reused running head keeps its own.
-run run-ha bench-attack: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= deployments.proxy_guard:middlewares
+# (loadtest/run_load.py, behind loadtest, bench-e2e and bench-attack, sets it for its own head.)
+run run-ha: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= deployments.proxy_guard:middlewares
 
 # Replicas take RNNSERVE_* from the head's environment: a running head is reused only if it was
 # started with this shell's settings (scripts/head_settings.py keeps a hash of each).

@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 
 from benchmarks import REPO, RESULTS, SHARED_DATA
+from deployments.proxy_guard import CALLBACK as PROXY_CALLBACK
 from deployments.serve_config import changed_config, deployment, shipped_config, write_config
 from loadtest.process_cpu import CpuMeter, serve_roles
 
@@ -64,6 +65,8 @@ def ensure_app(url: str, limits: dict = LOAD_LIMITS) -> None:
     # earlier local ray.init() writes one), but the `serve` CLI sends the token only in token
     # mode; saying so explicitly makes the head and every client here agree either way.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # The head it starts is the product as `make run` starts it: Serve's proxy with its guard.
+    os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", PROXY_CALLBACK)
     if healthy(url):
         print(f"using the app already at {url} (its per-client rate limits apply)", flush=True)
         return
