@@ -108,8 +108,8 @@ def plot(data: dict, path: Path) -> None:
     top.step([p["t"] for p in tl], [p["generator_replicas"] for p in tl], where="post",
              label="Generator replicas running")
     top.set_ylabel("count")
-    top.set_ylim(0, max(p["nodes"] for p in tl) + 1)
-    top.legend(loc="lower right")
+    top.set_ylim(0, max(p["nodes"] for p in tl) + 2)  # room above the lines for the legend
+    top.legend(loc="upper right", ncol=2)
     bottom.bar(s["t"], s["ok_per_s"], width=s["bin_s"], align="edge", label="ok requests/s")
     bottom.bar(s["t"], s["failed_per_s"], width=s["bin_s"], align="edge", color="red",
                bottom=s["ok_per_s"], label="failed requests/s")

@@ -6,7 +6,9 @@ head, Redis and app of tests/ha/hacluster.py: one node of this machine, the real
 Figures: the outage's length; requests served and failed before, during and after it; the
 first answer after the restart; how long after the restart an upload was accepted (its
 training job submitted: the cluster takes new work again) and ready; what became of an upload
-sent during the outage and of the run that was training across it.
+sent during the outage and of the run that was training across it; then a scale-up (the app
+deployed again with one Generator replica more, tests/ha/scale_up.py): how long until the new
+replica ran, and whether it answered.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 from tests.ha.hacluster import deploy_app, running_redis, start_head
+from tests.ha.scale_up import scale_up_generator
 from tests.ha.scenario import AFTER_S, gcs_outage
 
 
@@ -69,5 +72,11 @@ def measure(work: Path) -> dict:
             contextlib.contextmanager(start_head)(dirs, redis) as head:
         url = deploy_app(head, dirs)
         r = gcs_outage(head, url, "fault tolerance on Redis")
-    return {**summarize(r), "total_seconds": round(time.monotonic() - started, 1),
+        scaled = scale_up_generator(head, url, dirs.mktemp("scale-up"), "after")
+    scale_up = {"generator_replicas": [scaled["before"], scaled.get("after")],
+                "new_replica_running_after_redeploy_s": rounded(scaled.get("running_after_s")),
+                "new_replica_answered": scaled.get("status_code") == 200
+                and bool(scaled.get("new_replica_loaded_it"))}
+    return {**summarize(r), "scale_up_after_restart": scale_up,
+            "total_seconds": round(time.monotonic() - started, 1),
             "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0]}}
