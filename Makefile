@@ -120,7 +120,7 @@ bench-cluster: $(BIN)/.installed system-deps
 # and Ray (as `make stop`), deletes the cluster's state from that Redis and stops it.
 # `make test-ha` (tests/ha): a GCS restart under load on a Redis-backed head of its own, the
 # same on a head without Redis, a whole head restarted on Redis, and Redis itself killed and
-# restarted (~13-16 min here).
+# restarted (~15-17 min here).
 .PHONY: run-ha stop-ha test-ha
 REDIS_PORT ?= 6390
 REDIS_DIR := $(abspath storage/redis)
