@@ -27,11 +27,13 @@ from requests.adapters import HTTPAdapter
 from urllib3 import encode_multipart_formdata
 
 from benchmarks import RESULTS
+from deployments.serve_config import rnnserve_app, shipped_config
 from loadtest.hostile import chunks, npz_bomb, padded_json
 from loadtest.run_load import LOAD_LIMITS, ensure_app, ensure_model
 
-BODY_CAP = 2 * 1024 * 1024  # serve_config.yaml's limits.max_body_bytes
-UPLOAD_CAP = 10 * 1024 * 1024  # ...and max_upload_bytes
+SHIPPED_LIMITS = rnnserve_app(shipped_config())["args"]["limits"]
+BODY_CAP = SHIPPED_LIMITS["max_body_bytes"]  # what the attack's bodies are sized against
+UPLOAD_CAP = SHIPPED_LIMITS["max_upload_bytes"]
 KINDS = ("declared body", "chunked body", "npz bomb", "oversized upload")
 
 

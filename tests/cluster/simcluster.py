@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployments.serve_config import changed_config, deployment, write_config
 from tests.conftest import deploy_app
 from tests.processes import kill_processes_marked
 
@@ -340,17 +341,11 @@ def cluster_serve_config(port: int, generator_replicas: int = 2,
     per-client rate limit off (every simulated client comes from one address).
     `generator_autoscaling`, if given, replaces the Generator's fixed replica count: Serve then
     scales it (one replica per node, so each replica added needs a node)."""
-    import yaml
-
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    config["http_options"]["port"] = port
+    config = changed_config(port, inference_per_s=0)  # 0 turns the limiter off
     config["proxy_location"] = proxy_location
-    app = config["applications"][0]
-    app["args"]["limits"]["inference_per_s"] = 0  # 0 turns the limiter off
-    deployments = {d["name"]: d for d in app["deployments"]}
-    deployments["Ingress"].update(num_replicas=2, ray_actor_options={
+    deployment(config, "Ingress").update(num_replicas=2, ray_actor_options={
         "num_cpus": 0, "resources": {"ingress": 1}})
-    generator = deployments["Generator"]
+    generator = deployment(config, "Generator")
     generator.pop("autoscaling_config", None)
     generator.update(max_replicas_per_node=1, max_ongoing_requests=4, health_check_period_s=1,
                      health_check_timeout_s=5)
@@ -358,7 +353,7 @@ def cluster_serve_config(port: int, generator_replicas: int = 2,
         generator["autoscaling_config"] = generator_autoscaling
     else:
         generator["num_replicas"] = generator_replicas
-    classifier = deployments["Classifier"]
+    classifier = deployment(config, "Classifier")
     classifier.pop("autoscaling_config", None)
     classifier.update(num_replicas=1)
     return config
@@ -367,10 +362,7 @@ def cluster_serve_config(port: int, generator_replicas: int = 2,
 def deploy(cluster: SimCluster, config: dict, tmp_dir: Path, timeout: float = 240) -> str:
     """`serve deploy` the config onto the cluster (as a user does), wait for /healthz; returns
     the app's base URL."""
-    import yaml
-
-    path = Path(tmp_dir) / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(config, Path(tmp_dir) / "serve_config.yaml")
     url = f"http://127.0.0.1:{config['http_options']['port']}"
     deploy_app({"dashboard": cluster.dashboard, "env": cluster.env}, path, url, timeout)
     return url

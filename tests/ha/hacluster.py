@@ -19,7 +19,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import BIN, REPO, free_port, free_ports, run_ray_start, wait_for
+from deployments.serve_config import changed_config, deployment, write_config
+from tests.conftest import BIN, free_port, free_ports, run_ray_start, wait_for
 from tests.conftest import deploy_app as serve_deploy
 from tests.processes import kill_processes_marked, processes_marked
 
@@ -156,14 +157,8 @@ def start_head(tmp_path_factory, redis: dict | None):
 def app_config(port: int, generator_min_replicas: int = 1) -> dict:
     """serve_config.yaml with the HTTP port changed, the per-client limits lifted (every
     request of the test comes from one address) and the Generator's `min_replicas` set."""
-    import yaml
-
-    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"]["limits"].update(uploads_per_minute=6000, upload_burst=1000, inference_per_s=0)
-    generator = next(d for d in app["deployments"] if d["name"] == "Generator")
-    generator["autoscaling_config"]["min_replicas"] = generator_min_replicas
+    config = changed_config(port, uploads_per_minute=6000, upload_burst=1000, inference_per_s=0)
+    deployment(config, "Generator")["autoscaling_config"]["min_replicas"] = generator_min_replicas
     return config
 
 
@@ -171,10 +166,7 @@ def deploy_config(head: dict, config: dict, directory: Path, timeout: float = 24
     """`serve deploy` `config` (written to `directory`) onto `head`; returns once the app
     answers, with its URL. Deploying the same app again with other deployment options updates
     it in place (Serve keeps the replicas that still fit)."""
-    import yaml
-
-    path = Path(directory) / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = write_config(config, Path(directory) / "serve_config.yaml")
     url = f"http://127.0.0.1:{config['http_options']['port']}"
     serve_deploy(head, path, url, timeout=timeout)
     return url
