@@ -1,6 +1,6 @@
 """Token buckets per client: the Ingress's rate limits (deployments/guards.py) and the
-proxy's tarpit for refused large bodies (deployments/proxy_guard.py). Standard library only, because the proxy
-process that imports it loads none of the app."""
+proxy's tarpit for refused large bodies (deployments/proxy_guard.py). Standard library only,
+because the proxy process that imports it loads none of the app."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ class TokenBucket:
     tokens: float
     updated: float
 
-    def take(self, now: float) -> float:
-        """Take one token; returns 0 when allowed, else seconds until one is available."""
+    def _refill(self, now: float) -> None:
+        """Add what accrued since the last call, up to the bucket's size."""
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
+
+    def take(self, now: float) -> float:
+        """Take one token; returns 0 when allowed, else seconds until one is available."""
+        self._refill(now)
         if self.tokens >= 1:
             self.tokens -= 1
             return 0.0
@@ -27,14 +31,13 @@ class TokenBucket:
 
     def charge(self, tokens: float, now: float) -> None:
         """Take `tokens` more, into debt if need be (at most one full bucket's worth)."""
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
+        self._refill(now)
         self.tokens = max(-self.burst, self.tokens - tokens)
 
     def wait(self, now: float) -> float:
         """Seconds until a token is there (0: now), taking none."""
-        return max(0.0, (1 - min(self.burst, self.tokens + (now - self.updated) * self.rate))
-                   / self.rate)
+        self._refill(now)
+        return max(0.0, (1 - self.tokens) / self.rate)
 
 
 class RateLimiter:
