@@ -18,10 +18,11 @@ from models.config import CharRNNConfig
 from models.step_cells import StepWeights, WeightsView, cell_update
 
 
-def _rows(slots: np.ndarray) -> slice | np.ndarray:
-    """The state rows of `slots`: a slice when they are consecutive (a full batch, which the
-    engine passes in slot order), so a step reads views and writes rows back without the
-    gathers and scatters of fancy indexing; else the slots themselves."""
+def slot_rows(slots: np.ndarray) -> slice | np.ndarray:
+    """Rows of per-slot arrays for `slots`: a slice when they are consecutive (a full batch,
+    which the engine keeps in slot order), so a step reads views and writes rows back without
+    the gathers and scatters of fancy indexing; else the slots themselves. The runner's state
+    and the engine's slot table (sampling/slots.py) are both indexed this way."""
     first = int(slots[0])
     if int(slots[-1]) - first == len(slots) - 1 and (np.diff(slots) == 1).all():
         return slice(first, first + len(slots))
@@ -67,7 +68,7 @@ class StepRunner(WeightsView):
 
     def step(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Feed `ids[i]` to the sequence in `slots[i]`; returns next-char logits [n, vocab]."""
-        weights, rows = self.weights, _rows(slots)
+        weights, rows = self.weights, slot_rows(slots)
         x = None
         for index, (layer, parts) in enumerate(zip(weights.layers, self.state, strict=True)):
             if index == 0:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 from models.config import SampleConfig
-from models.runner import StepRunner
+from models.runner import StepRunner, slot_rows
 from models.vocab import Vocab
 from sampling.sampler import char_logprobs, random_key
 from sampling.scheduler import QueueFull, Scheduler, Sequence
@@ -380,11 +380,8 @@ class _Batch:
         sequences = sorted(sequences, key=lambda s: s.slot)
         self.sequences = sequences
         self.slots = np.fromiter((s.slot for s in sequences), np.int64, len(sequences))
-        # The slots as a slice when consecutive: the slot table's per-slot arrays are then read
-        # and written as views, not gathered and scattered.
-        first, count = int(self.slots[0]), len(sequences)
-        consecutive = int(self.slots[-1]) - first == count - 1  # distinct and sorted
-        self.index = slice(first, first + count) if consecutive else self.slots
+        # The slot table's rows of the batch: a slice when its slots are consecutive.
+        self.index = slot_rows(self.slots)
         self.slow = np.fromiter((s.slow for s in sequences), bool, len(sequences))
         self.any_slow = bool(self.slow.any())
         self.rows = np.arange(len(sequences))
