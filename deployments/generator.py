@@ -39,7 +39,7 @@ class Generator:
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.stream_interval_s = stream_interval_s
         self.prefill_chars = prefill_chars
-        self.runner_setting = runner  # auto: TensorFlow on a GPU replica, NumPy otherwise
+        self.runner_setting = runner  # auto: models/runner_choice.py
         self.generation_timeout_s = generation_timeout_s
         self.metrics = GeneratorMetrics()
         self.engines = LoadedModels(self.registry, self._start_engine, SamplingEngine.close)

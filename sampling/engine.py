@@ -1,10 +1,17 @@
-"""The sampling engine: scheduler + runner + sampler, and the async loop that drives them.
+"""The sampling engine: scheduler + runner + sampler, a worker thread that steps them, and the
+async loop that hands their text to the requests.
 
 Each `step()` runs ONE batched runner step over every active sequence of the model: those
 still reading their prime and those generating. Requests join and leave between steps
 (continuous batching), so a short request never waits for a long one to finish. The step's
 bookkeeping is vectorised over the batch (sampling/slots.py, sampling/sampler.py); only
 sequences with stop strings or logprobs take a per-character Python path.
+
+The steps run on the engine's own worker thread in hops of a few milliseconds; after each hop
+the event loop (`run()`) delivers the hop's text while the worker already computes the next
+steps, so delivering no longer adds to a step's time (most of a step is matrix products that
+release the GIL). The two threads share only the published output (sampling/output.py) and
+the scheduler's queue, each under its lock.
 
 A long prime need not cost one shared step per character: with `prefill_chars` > 0, a
 sequence still reading its prime first feeds up to that many prime characters per step through
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -29,6 +37,8 @@ import numpy as np
 from models.config import SampleConfig
 from models.runner import StepRunner, slot_rows
 from models.vocab import Vocab
+from sampling.handle import SequenceHandle
+from sampling.output import StepOutput
 from sampling.sampler import char_logprobs, random_key
 from sampling.scheduler import QueueFull, Scheduler, Sequence
 from sampling.slots import SlotTable
@@ -39,65 +49,11 @@ logger = logging.getLogger(__name__)
 # Prime characters per step fed outside the shared batch (see the module's docstring; measured
 # in BENCHMARKS.md, Sampling engine: long primes).
 DEFAULT_PREFILL_CHARS = 64
-
-
-class SequenceHandle:
-    """The caller's side of one request: async iteration over text chunks, or `result()`."""
-
-    def __init__(self, sequence: Sequence):
-        self.sequence = sequence
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
-        # One entry per delivered character when the request asked for logprobs (see
-        # char_logprobs): a reader of `n` characters so far finds theirs at [:n].
-        self.logprobs: list[tuple] = []
-        self.submitted_at = time.perf_counter()
-        self.first_char_at: float | None = None
-        self.finished_at: float | None = None
-        # Once finished: "length", "stop" (a stop string), "cancelled", "deadline", or "error"
-        # (a step failed).
-        self.reason: str | None = None
-
-    # Called on the event loop thread when the engine delivers a batch of steps' output.
-    def _emit(self, text: str, logprobs: list[tuple]) -> None:
-        if self.first_char_at is None:
-            self.first_char_at = time.perf_counter()
-        self.logprobs += logprobs
-        self._queue.put_nowait(text)
-
-    def _finish(self, reason: str) -> None:
-        if self.finished_at is None:
-            self.finished_at, self.reason = time.perf_counter(), reason
-            self._queue.put_nowait(None)
-
-    @property
-    def prompt_logprobs(self) -> list[tuple | None]:
-        """With logprobs asked: one entry per prime character (as `logprobs`' entries; None
-        for the first, which nothing predicts, and for characters outside the vocabulary),
-        complete once the first character is delivered. Empty without logprobs."""
-        return self.sequence.prompt_logprobs or []
-
-    def cancel(self) -> None:
-        self.sequence.cancelled = True
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> str:
-        text = await self._queue.get()
-        if text is None:
-            self._queue.put_nowait(None)  # stay finished for later readers
-            raise StopAsyncIteration
-        # Coalesce what has piled up: fewer, larger chunks cost less to stream.
-        while not self._queue.empty():
-            more = self._queue.get_nowait()
-            if more is None:
-                self._queue.put_nowait(None)
-                break
-            text += more
-        return text
-
-    async def result(self) -> str:
-        return "".join([chunk async for chunk in self])
+# Steps per hand-off to the event loop: the worker thread runs steps for this long before it
+# hands their text over (a hand-off per character cost more than the step itself), while the
+# loop delivers the previous hop's text.
+HOP_SECONDS = 0.005
+TAKE_TIMEOUT_S = 0.1  # the worker steps on if the event loop is this late to take a hop's text
 
 
 class SamplingEngine:
@@ -114,18 +70,24 @@ class SamplingEngine:
         # Each id's character as a UTF-32 code unit: a hop's ids become text in one decode.
         self._char_units = np.array(vocab.chars, dtype="<U1")
         self.handles: dict[int, SequenceHandle] = {}  # by request id, until its end is delivered
-        self.occupancy: list[int] = []  # batch size of each step since the last drain
+        self.occupancy: list[int] = []  # batch size of each step delivered since the last drain
         self._batch: _Batch | None = None  # the running sequences as arrays; None: changed
         self._prefilling: list[Sequence] = []  # running, with more prompt than the next id
-        # Output of the steps run since the last delivery, handed to the handles on the event
-        # loop in one go: a thread-safe wake-up per character cost more than the step itself.
-        # Sequences without stop strings or logprobs: (request ids, char ids) per step.
-        self._sampled: list[tuple[np.ndarray, np.ndarray]] = []
-        self._chars: dict[SequenceHandle, list[str]] = {}  # the others' released text
-        self._logprobs: dict[SequenceHandle, list[tuple]] = {}
-        self._ended: list[tuple[int, str]] = []  # (request id, reason)
-        self._wake = asyncio.Event()
-        self._closed = False
+        # The steps' output: the worker thread's since its last step (`_pending`), published
+        # after each step to `_outbox`, which the event loop takes in `deliver()` (under
+        # `_lock`: the only state both threads write).
+        self._pending, self._outbox = StepOutput(), StepOutput()
+        self._lock = threading.Lock()
+        self._has_work = threading.Event()  # set by submit() and close(): the worker wakes
+        self._closing = False  # close() was called: the worker ends once idle
+        self._worker_done = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # run()'s, for the worker's wake-ups
+        self._published: asyncio.Event | None = None
+        self._wake_pending = False  # a wake-up of run() is scheduled and not yet taken
+        # Set when run() takes the output: the worker waits for it after each hop. A worker
+        # that steps on regardless can starve the event loop of the GIL (measured: a tiny
+        # model's 10,000 characters went out in one chunk, past the client's cancel).
+        self._taken = threading.Event()
 
     @property
     def queue_depth(self) -> int:
@@ -148,11 +110,18 @@ class SamplingEngine:
         except QueueFull:
             del self.handles[sequence.request_id]
             raise
-        self._wake.set()
+        self._has_work.set()
         return handle
 
     def step(self) -> int:
-        """Run one batched step; returns how many sequences it advanced."""
+        """Run one batched step; returns how many sequences it advanced. Its output is
+        published for the next `deliver()` even when the step fails midway."""
+        try:
+            return self._step()
+        finally:
+            self._publish()
+
+    def _step(self) -> int:
         batch = self._schedule()
         if batch is None:
             return 0
@@ -166,7 +135,7 @@ class SamplingEngine:
             self._sample(logits[rows], rows, batch.slots[rows])
         else:
             self._sample(logits, batch.rows, batch.index)
-        self.occupancy.append(len(batch.slots))
+        self._pending.occupancy.append(len(batch.slots))
         return len(batch.slots)
 
     def _schedule(self) -> _Batch | None:
@@ -224,14 +193,14 @@ class SamplingEngine:
         owners = np.array(table.owner[slots])  # a copy: the slots may be reloaded before delivery
         at_length = table.generated[slots] >= table.max_length[slots]
         if not batch.any_slow:  # the usual batch: no per-row Python
-            self._sampled.append((owners, chosen))
+            self._pending.sampled.append((owners, chosen))
             for row in np.flatnonzero(at_length):
                 self._retire(batch.sequences[rows[row]], "length")
             return
         slow = batch.slow[rows]
         fast = ~slow
         if fast.any():
-            self._sampled.append((owners[fast], chosen[fast]))
+            self._pending.sampled.append((owners[fast], chosen[fast]))
         for row in np.flatnonzero(fast & at_length):
             self._retire(batch.sequences[rows[row]], "length")
         for row in np.flatnonzero(slow):
@@ -266,109 +235,134 @@ class SamplingEngine:
         if not count:
             return
         released, sequence.held = sequence.held[:count], sequence.held[count:]
-        handle = self.handles[sequence.request_id]
-        self._chars.setdefault(handle, []).extend(c for c, _ in released)
-        if sequence.logprobs is not None:
-            self._logprobs.setdefault(handle, []).extend(e for _, e in released)
+        self._pending.release(sequence.request_id, released, sequence.logprobs is not None)
 
     def _end(self, sequence: Sequence, reason: str) -> None:
         if sequence.slot is not None:  # its slot is not reloaded before this step's admissions
             sequence.generated = int(self.table.generated[sequence.slot])
-        self._ended.append((sequence.request_id, reason))
+        self._pending.ended.append((sequence.request_id, reason))
 
-    def _sampled_text(self) -> dict[SequenceHandle, str]:
-        """The fast path's characters since the last delivery, as text per request (in the
-        order sampled)."""
-        if not self._sampled:
-            return {}
-        owners, ids = (np.concatenate(part) for part in zip(*self._sampled, strict=True))
-        self._sampled = []
-        order = np.argsort(owners, kind="stable")
-        owners = owners[order]
-        text = self._char_units[ids[order]].tobytes().decode("utf-32-le")
-        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        ends = np.r_[starts[1:], len(owners)]
-        return {self.handles[int(owners[start])]: text[start:end]
-                for start, end in zip(starts.tolist(), ends.tolist(), strict=True)}
+    def _publish(self) -> None:
+        """Hand the output since the last call to the next `deliver()`."""
+        with self._lock:
+            self._outbox.absorb(self._pending)
+        self._pending = StepOutput()
 
     def deliver(self) -> None:
-        """On the event loop: pass the text sampled since the last call to its handles, then
-        end the finished ones (text first, so a finished stream is complete)."""
-        sampled = self._sampled_text()
-        chars, self._chars = self._chars, {}
-        logprobs, self._logprobs = self._logprobs, {}
-        ended, self._ended = self._ended, []
-        for handle, text in sampled.items():
-            handle._emit(text, [])
-        for handle, pieces in chars.items():
-            handle._emit("".join(pieces), logprobs.get(handle, []))
-        for request_id, reason in ended:
-            self.handles.pop(request_id)._finish(reason)
-            if self.on_finish is not None:
-                self.on_finish(reason)
+        """On the event loop: pass the text published since the last call to its handles,
+        then end the finished ones (text first, so a finished stream is complete). A request
+        whose handle is gone (ended by a failed delivery) is skipped."""
+        output = self._take_output()
+        self.occupancy += output.occupancy
+        for request_id, text in output.sampled_text(self._char_units).items():
+            if handle := self.handles.get(request_id):
+                handle._emit(text, [])
+        for request_id, chars in output.chars.items():
+            if handle := self.handles.get(request_id):
+                handle._emit("".join(chars), output.logprobs.get(request_id, []))
+        for request_id, reason in output.ended:
+            if handle := self.handles.pop(request_id, None):
+                handle._finish(reason)
+                if self.on_finish is not None:
+                    self.on_finish(reason)
+
+    def _take_output(self) -> StepOutput:
+        """The output published so far, for the event loop; the next hop may wake it again."""
+        with self._lock:
+            output, self._outbox = self._outbox, StepOutput()
+            self._wake_pending = False
+        self._taken.set()
+        return output
 
     def drain_occupancy(self) -> list[int]:
         taken, self.occupancy = self.occupancy, []
         return taken
 
     async def run(self) -> None:
-        """Step while there is work (in a thread, so streaming goes on); sleep when idle."""
-        while not self._closed:
-            if not self.scheduler.has_work:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            try:
-                await asyncio.to_thread(self._steps_for, 0.005)
-            except Exception:  # noqa: BLE001 - one bad step must not leave every caller waiting
-                logger.exception("a sampling step failed; ending the requests it held")
-                self._end_all("error")
+        """Steps run on a worker thread of this engine while there is work; here, on the event
+        loop, each hop's text goes to its requests while the worker runs the next steps.
+        Returns once `close()` was called and the work left has finished."""
+        self._loop, self._published = asyncio.get_running_loop(), asyncio.Event()
+        threading.Thread(target=self._work, name="sampling-engine", daemon=True).start()
+        while True:
+            await self._published.wait()
+            self._published.clear()
+            finished = self._worker_done  # read first: what it published before is delivered now
             try:
                 self.deliver()
-            except Exception:  # noqa: BLE001 - nor must a failed delivery end this loop
+            except Exception:  # noqa: BLE001 - a failed delivery must not end this loop
                 logger.exception("delivering sampled text failed; ending every request")
                 self._fail_every_handle()
+            if finished:
+                return
+
+    def _work(self) -> None:
+        """The worker thread: hops of steps while there is work, sleeping when idle, until
+        `close()` and no work left."""
+        try:
+            while True:
+                if not self.scheduler.has_work:
+                    if self._closing:
+                        return
+                    self._has_work.wait()
+                    self._has_work.clear()  # has_work is checked again before any wait
+                    continue
+                try:
+                    self._steps_for(HOP_SECONDS)
+                except Exception:  # noqa: BLE001 - one bad step must not leave every caller waiting
+                    logger.exception("a sampling step failed; ending the requests it held")
+                    self._end_all("error")
+                    self._publish()
+                self._taken.clear()
+                self._wake_run()
+                # The next hop's steps overlap the delivery of this one's text, not its start.
+                self._taken.wait(TAKE_TIMEOUT_S)
+        finally:
+            self._worker_done = True
+            self._wake_run()
+
+    def _wake_run(self) -> None:
+        """From the worker: have `run()` deliver (once, however many hops publish meanwhile)."""
+        with self._lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._published.set)
+        except RuntimeError:  # the event loop is closed: nobody is left to deliver to
+            pass
 
     def _end_all(self, reason: str) -> None:
-        for sequence in self.scheduler.clear():  # the ones not ended yet
+        """On the worker thread: end every sequence not ended yet."""
+        for sequence in self.scheduler.clear():
             self._end(sequence, reason)
         self._batch, self._prefilling = None, []
 
     def _fail_every_handle(self) -> None:
         """After a delivery failed midway, which text reached whom is unknown: every request
-        still held ends with "error" (a caller sees an error, never a text that looks whole),
-        and the engine starts clean for the next ones."""
-        self._end_all("error")
-        self._sampled, self._chars, self._logprobs, self._ended = [], {}, {}, []
+        still held ends with "error" now (a caller sees an error, never a text that looks
+        whole), and is cancelled so that the worker drops its sequence at its next step."""
+        self._take_output()  # theirs: undeliverable now
         handles, self.handles = self.handles, {}
         for handle in handles.values():
+            handle.cancel()
             if handle.finished_at is None:
                 handle._finish("error")
                 if self.on_finish is not None:
                     self.on_finish("error")
 
     def _steps_for(self, seconds: float) -> None:
-        """Several steps per hop to the worker thread: the hop costs more than a small step.
-        Each step still schedules first, so arrivals join at the very next step boundary."""
+        """Several steps per hop: each still schedules first, so arrivals join at the very
+        next step boundary."""
         until = time.perf_counter() + seconds
-        while self.step() and time.perf_counter() < until and not self._closed:
+        while self.step() and time.perf_counter() < until:
             pass
 
     def close(self) -> None:
-        """Stop after the sequences already admitted or queued have finished."""
-        self._closed = not self.scheduler.has_work
-        if not self._closed:
-            try:
-                asyncio.get_running_loop().create_task(self._close_when_idle())
-            except RuntimeError:  # no loop (interpreter shutdown): nothing left to serve
-                self._closed = True
-        self._wake.set()
-
-    async def _close_when_idle(self) -> None:
-        while self.scheduler.has_work:
-            await asyncio.sleep(0.05)
-        self._closed = True
-        self._wake.set()
+        """Stop after the sequences already admitted or queued have finished (the worker ends
+        once idle, and `run()` after delivering their text)."""
+        self._closing = True
+        self._has_work.set()
 
 
 class _Batch:
