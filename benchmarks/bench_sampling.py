@@ -241,27 +241,26 @@ def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[i
 
 
 def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
-    """Issue 18.4's figures alone: per model, the GEMM ceiling, the NumPy runner's step at batch
-    64 and the engine at 64 streams, measured together in each of `rounds` rounds (models
-    alternating), each as a share of the ceiling measured in its own round; a shared machine's
-    load drifts, so the ratios are only compared within a round. The runner and the engine
-    run twice: on the runner's one BLAS thread, and on one per core (what NumPy does unless
-    told otherwise)."""
-    from threadpoolctl import threadpool_limits
-
+    """Issue 18.4's figures alone: per model, the GEMM ceiling, and per step runner (NumPy on
+    its one BLAS thread, TensorFlow on every core) its step at batch 64 and the engine at 64
+    streams, measured together in each of `rounds` rounds (models alternating), each as a share
+    of the ceiling measured in its own round; a shared machine's load drifts, so the ratios are
+    only compared within a round. The runner `auto` picks on this machine is marked."""
     runs = {label: (build_charrnn(config), config) for label, config in configs.items()}
     print(f"load averages at the start: {os.getloadavg()}")
     for round_ in range(rounds):
         for label, (model, config) in runs.items():
-            runner = build_runner(model, config, "numpy")
-            ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / runner.flops_per_char()
+            auto = build_runner(model, config).name
+            ceiling = None
             figures = []
-            for threads in (1, os.cpu_count()):
-                with threadpool_limits(threads, user_api="blas"):
-                    step = 64 / step_microseconds(runner, 64) * 1e6
-                    engine = best_engine_chars_per_s(runner, vocab, 64, 400)
-                figures.append(f"{threads} BLAS thread(s): runner step {step:,.0f} "
-                               f"({step / ceiling:.0%}), engine {engine:,.0f} "
+            for setting in ("numpy", "tensorflow"):
+                runner = build_runner(model, config, setting)
+                if ceiling is None:
+                    ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / runner.flops_per_char()
+                step = 64 / step_microseconds(runner, 64) * 1e6
+                engine = best_engine_chars_per_s(runner, vocab, 64, 400)
+                figures.append(f"{setting}{' (auto)' if setting == auto else ''}: runner step "
+                               f"{step:,.0f} ({step / ceiling:.0%}), engine {engine:,.0f} "
                                f"({engine / ceiling:.0%})")
             print(f"round {round_ + 1} {time.strftime('%H:%M:%S')} {label}: ceiling "
                   f"{ceiling:,.0f} chars/s; " + "; ".join(figures), flush=True)

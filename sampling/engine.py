@@ -84,10 +84,12 @@ class SamplingEngine:
         self._loop: asyncio.AbstractEventLoop | None = None  # run()'s, for the worker's wake-ups
         self._published: asyncio.Event | None = None
         self._wake_pending = False  # a wake-up of run() is scheduled and not yet taken
-        # Set when run() takes the output: the worker waits for it after each hop. A worker
-        # that steps on regardless can starve the event loop of the GIL (measured: a tiny
-        # model's 10,000 characters went out in one chunk, past the client's cancel).
+        # Set when run() takes the output: the worker never gets more than one hop ahead of
+        # it. A worker that steps on regardless can starve the event loop of the GIL
+        # (measured: a tiny model's 10,000 characters went out in one chunk, after 0.8 s,
+        # past the client's cancel).
         self._taken = threading.Event()
+        self._taken.set()  # nothing handed over yet
 
     @property
     def queue_depth(self) -> int:
@@ -313,10 +315,11 @@ class SamplingEngine:
                     logger.exception("a sampling step failed; ending the requests it held")
                     self._end_all("error")
                     self._publish()
+                # At most one hop ahead of the loop: this hop's steps ran while the loop
+                # delivered the previous one's text; its own is handed over once that was taken.
+                self._taken.wait(TAKE_TIMEOUT_S)
                 self._taken.clear()
                 self._wake_run()
-                # The next hop's steps overlap the delivery of this one's text, not its start.
-                self._taken.wait(TAKE_TIMEOUT_S)
         finally:
             self._worker_done = True
             self._wake_run()

@@ -1,6 +1,7 @@
 """The sampling engine on a tiny real model: lengths, seeds, streaming, cancel (no Ray)."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -76,6 +77,34 @@ def test_cancel_frees_the_slot_for_a_waiting_request(runner_factory):
     long, text = run(go, runner_factory, max_batch=1)
     assert long.reason == "cancelled" and long.sequence.generated < 10_000
     assert len(text) == 5
+
+
+def test_the_worker_thread_ends_with_the_engine_and_the_loop_stays_responsive(runner_factory):
+    """Steps run on the engine's own thread: while it generates, the event loop still gets
+    its turns (a ticker keeps ticking), and after close() both run() and the thread end."""
+    async def main():
+        engine = SamplingEngine(runner_factory(), VOCAB, max_batch=8)
+        task = asyncio.create_task(engine.run())
+        ticks = []
+
+        async def ticker():
+            while True:
+                ticks.append(asyncio.get_running_loop().time())
+                await asyncio.sleep(0.001)
+
+        ticking = asyncio.create_task(ticker())
+        handles = [engine.submit(SampleConfig(max_length=3000, seed=i)) for i in range(8)]
+        texts = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 30)
+        ticking.cancel()
+        engine.close()
+        await asyncio.wait_for(task, 5)
+        return texts, ticks
+
+    texts, ticks = asyncio.run(main())
+    assert [len(t) for t in texts] == [3000] * 8
+    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
+    assert len(ticks) > 20 and max(gaps) < 0.5  # never shut out for a long stretch
+    assert not [t for t in threading.enumerate() if t.name == "sampling-engine"]
 
 
 def test_deadline_stops_a_request(runner_factory):
