@@ -245,7 +245,9 @@ def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
     its one BLAS thread, TensorFlow on every core) its step at batch 64 and the engine at 64
     streams, measured together in each of `rounds` rounds (models alternating), each as a share
     of the ceiling measured in its own round; a shared machine's load drifts, so the ratios are
-    only compared within a round. The runner `auto` picks on this machine is marked."""
+    only compared within a round. Each figure is a best of several (the ceiling of 10 GEMM
+    windows, the step of 5 repeats, the engine of 5 runs): on a shared machine other work only
+    ever slows a measurement down. The runner `auto` picks on this machine is marked."""
     runs = {label: (build_charrnn(config), config) for label, config in configs.items()}
     print(f"load averages at the start: {os.getloadavg()}")
     for round_ in range(rounds):
@@ -258,7 +260,7 @@ def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
                 if ceiling is None:
                     ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / runner.flops_per_char()
                 step = 64 / step_microseconds(runner, 64) * 1e6
-                engine = best_engine_chars_per_s(runner, vocab, 64, 400)
+                engine = best_engine_chars_per_s(runner, vocab, 64, 400, tries=5)
                 figures.append(f"{setting}{' (auto)' if setting == auto else ''}: runner step "
                                f"{step:,.0f} ({step / ceiling:.0%}), engine {engine:,.0f} "
                                f"({engine / ceiling:.0%})")
