@@ -82,9 +82,14 @@ def test_cancel_frees_the_slot_for_a_waiting_request(runner_factory):
 def test_the_worker_thread_ends_with_the_engine_and_the_loop_stays_responsive(runner_factory):
     """Steps run on the engine's own thread: while it generates, the event loop still gets
     its turns (a ticker keeps ticking), and after close() both run() and the thread end."""
+    def workers():
+        return {t for t in threading.enumerate() if t.name == "sampling-engine"}
+
     async def main():
         engine = SamplingEngine(runner_factory(), VOCAB, max_batch=8)
         task = asyncio.create_task(engine.run())
+        await asyncio.sleep(0)  # run() starts its worker
+        mine = workers() - before
         ticks = []
 
         async def ticker():
@@ -98,13 +103,17 @@ def test_the_worker_thread_ends_with_the_engine_and_the_loop_stays_responsive(ru
         ticking.cancel()
         engine.close()
         await asyncio.wait_for(task, 5)
-        return texts, ticks
+        return texts, ticks, mine
 
-    texts, ticks = asyncio.run(main())
+    before = workers()
+    texts, ticks, mine = asyncio.run(main())
     assert [len(t) for t in texts] == [3000] * 8
     gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
     assert len(ticks) > 20 and max(gaps) < 0.5  # never shut out for a long stretch
-    assert not [t for t in threading.enumerate() if t.name == "sampling-engine"]
+    assert len(mine) == 1
+    for thread in mine:
+        thread.join(5)
+        assert not thread.is_alive()
 
 
 def test_deadline_stops_a_request(runner_factory):
