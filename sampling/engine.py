@@ -83,11 +83,10 @@ class SamplingEngine:
         self._worker_done = False
         self._loop: asyncio.AbstractEventLoop | None = None  # run()'s, for the worker's wake-ups
         self._published: asyncio.Event | None = None
-        self._wake_pending = False  # a wake-up of run() is scheduled and not yet taken
-        # Set when run() takes the output: the worker never gets more than one hop ahead of
-        # it. A worker that steps on regardless can starve the event loop of the GIL
-        # (measured: a tiny model's 10,000 characters went out in one chunk, after 0.8 s,
-        # past the client's cancel).
+        # Set when run() takes the output: the worker wakes run() once per take, and never gets
+        # more than one hop ahead of it. A worker that steps on regardless can starve the event
+        # loop of the GIL (measured: a tiny model's 10,000 characters went out in one chunk,
+        # after 0.8 s, past the client's cancel).
         self._taken = threading.Event()
         self._taken.set()  # nothing handed over yet
 
@@ -272,7 +271,6 @@ class SamplingEngine:
         """The output published so far, for the event loop; the next hop may wake it again."""
         with self._lock:
             output, self._outbox = self._outbox, StepOutput()
-            self._wake_pending = False
         self._taken.set()
         return output
 
@@ -316,20 +314,17 @@ class SamplingEngine:
                     self._end_all("error")
                     self._publish()
                 # At most one hop ahead of the loop: this hop's steps ran while the loop
-                # delivered the previous one's text; its own is handed over once that was taken.
-                self._taken.wait(TAKE_TIMEOUT_S)
-                self._taken.clear()
-                self._wake_run()
+                # delivered the previous one's text; its own is handed over once that was taken
+                # (a loop that late has the previous wake-up still to take, which covers it).
+                if self._taken.wait(TAKE_TIMEOUT_S):
+                    self._taken.clear()
+                    self._wake_run()
         finally:
             self._worker_done = True
-            self._wake_run()
+            self._wake_run()  # always: run() may have read _worker_done just before this
 
     def _wake_run(self) -> None:
-        """From the worker: have `run()` deliver (once, however many hops publish meanwhile)."""
-        with self._lock:
-            if self._wake_pending:
-                return
-            self._wake_pending = True
+        """From the worker: have `run()` deliver what is published."""
         try:
             self._loop.call_soon_threadsafe(self._published.set)
         except RuntimeError:  # the event loop is closed: nobody is left to deliver to
