@@ -34,7 +34,7 @@ from benchmarks.baseline import PerRequestSampler
 from models.charrnn import build_charrnn
 from models.config import CharRNNConfig, SampleConfig
 from models.devices import gpu_visible
-from models.runner_choice import build_runner
+from models.runner_choice import build_runner, choose_runner
 from models.tf_runner import TFStepRunner
 from models.vocab import Vocab
 from sampling import SamplingEngine
@@ -252,13 +252,12 @@ def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
     print(f"load averages at the start: {os.getloadavg()}")
     for round_ in range(rounds):
         for label, (model, config) in runs.items():
-            auto = build_runner(model, config).name
-            ceiling = None
+            flops = build_runner(model, config, "numpy").flops_per_char()
+            auto = choose_runner(flops_per_char=flops)
+            ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / flops
             figures = []
             for setting in ("numpy", "tensorflow"):
                 runner = build_runner(model, config, setting)
-                if ceiling is None:
-                    ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / runner.flops_per_char()
                 step = 64 / step_microseconds(runner, 64) * 1e6
                 engine = best_engine_chars_per_s(runner, vocab, 64, 400, tries=5)
                 figures.append(f"{setting}{' (auto)' if setting == auto else ''}: runner step "
