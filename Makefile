@@ -19,7 +19,15 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-venv: $(BIN)/.installed
+# The compiled step runner's machine code (models/compiled_cells.py), built into numba's cache
+# once per change of it, so no process that serves or tests has to wait ~25 s for a compile.
+$(BIN)/.kernels: $(BIN)/.installed models/compiled_cells.py
+	$(PY) -c "from models.compiled_runner import compile_kernels; compile_kernels()"
+	touch $@
+
+READY := $(BIN)/.installed $(BIN)/.kernels
+
+venv: $(READY)
 
 system-deps:
 	bash scripts/system-deps.sh
@@ -41,7 +49,7 @@ run run-ha: export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= deployments.prox
 # started with this shell's settings (scripts/head_settings.py keeps a hash of each).
 HEAD_SETTINGS := $(HOME)/.ray/rnnserve-head.json
 
-run: $(BIN)/.installed
+run: $(READY)
 	$(BIN)/ray get-auth-token --generate >/dev/null  # makes ~/.ray/auth_token once, if missing
 	if $(BIN)/ray start --head --disable-usage-stats --include-dashboard=true \
 	  --dashboard-host 127.0.0.1 --metrics-export-port $(METRICS_PORT) 2>/dev/null; then \
@@ -58,58 +66,58 @@ stop:
 	-$(BIN)/ray stop
 	rm -f $(HEAD_SETTINGS)
 
-test: $(BIN)/.installed system-deps
+test: $(READY) system-deps
 	$(PY) -m pytest -q -p no:cacheprovider --timeout 1500 tests
 
 # Issue 15: a simulated multi-node Ray cluster (ray.cluster_utils.Cluster: a 0-CPU head and
 # 1-CPU worker nodes) in a pytest run of its own: training and serving across nodes, nodes lost.
 # It shares the machine with other Ray instances (own ports and temp dir; kills only its own).
-test-cluster: $(BIN)/.installed
+test-cluster: $(READY)
 	RNNSERVE_CLUSTER_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests/cluster
 
 # Issue 15: Ray's real autoscaler (its fake multi-node provider) launching and removing nodes
 # of cluster.yaml's types on this machine, the registry in PostgreSQL: a GPU node for a
 # `--use_gpu` training job, a serving node for a Generator replica Serve adds under load. A
 # pytest run of its own (this process joins one Ray cluster); own ports and temp dir (~4 min).
-test-autoscaler: $(BIN)/.installed system-deps
+test-autoscaler: $(READY) system-deps
 	RNNSERVE_AUTOSCALER_TESTS=1 $(PY) -m pytest -q -p no:cacheprovider --timeout 900 tests/autoscaler
 
-test-unit: $(BIN)/.installed
+test-unit: $(READY)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-fuzz: $(BIN)/.installed system-deps
+fuzz: $(READY) system-deps
 	RNNSERVE_FUZZ_EXAMPLES=300 $(PY) -m pytest -q -p no:cacheprovider tests/integration/test_fuzz.py
 
-lint: $(BIN)/.installed
+lint: $(READY)
 	$(BIN)/ruff check .
 
 bench: bench-train bench-sampling bench-classifier bench-e2e
 
-bench-train: $(BIN)/.installed
+bench-train: $(READY)
 	$(PY) -m benchmarks.bench_train
 
-bench-sampling: $(BIN)/.installed
+bench-sampling: $(READY)
 	$(PY) -m benchmarks.bench_sampling
 
-bench-classifier: $(BIN)/.installed
+bench-classifier: $(READY)
 	$(PY) -m benchmarks.bench_classifier
 
-loadtest: $(BIN)/.installed
+loadtest: $(READY)
 	$(PY) -m loadtest.run_load --users 32 --seconds 60
 
-bench-e2e: $(BIN)/.installed
+bench-e2e: $(READY)
 	$(PY) -m loadtest.run_load --users 8,32,64 --seconds 40 --rounds 2 --floor --naive
 
 # Issue 13: generate latency idle and while another client sends oversized bodies and upload
 # bombs in a loop (benchmarks/results/attack.json, BENCHMARKS.md). Starts the app like loadtest.
 bench-attack: export RAY_AUTH_MODE ?= token
-bench-attack: $(BIN)/.installed
+bench-attack: $(READY)
 	$(PY) -m benchmarks.bench_attack
 
 # Issue 15: a node lost in training and under serving load on a simulated cluster (the helpers
 # of test-cluster), one run: benchmarks/results/cluster.json and cluster.png (BENCHMARKS.md).
 # Issue 20: then the GCS of a Redis-backed head restarted under load (the helpers of test-ha).
-bench-cluster: $(BIN)/.installed system-deps
+bench-cluster: $(READY) system-deps
 	$(PY) -m benchmarks.bench_cluster
 
 # Issue 20: a highly available head. `make run-ha` is `make run` with GCS fault tolerance: a
@@ -127,7 +135,7 @@ REDIS_DIR := $(abspath storage/redis)
 REDIS_CLI = REDISCLI_AUTH="$$RNNSERVE_REDIS_PASSWORD" redis-cli -p $(REDIS_PORT)
 run-ha stop-ha: export RAY_AUTH_MODE ?= token
 
-run-ha: $(BIN)/.installed
+run-ha: $(READY)
 	command -v redis-server >/dev/null || bash scripts/system-deps.sh
 	mkdir -p $(REDIS_DIR)
 	if [ "$$($(REDIS_CLI) ping 2>/dev/null)" = PONG ]; then echo "(reusing redis on :$(REDIS_PORT))"; \
@@ -149,7 +157,7 @@ stop-ha:
 	-$(BIN)/ray stop
 	-[ ! -f $(REDIS_DIR)/redis.pid ] || { $(REDIS_CLI) flushall >/dev/null; $(REDIS_CLI) shutdown; }
 
-test-ha: $(BIN)/.installed system-deps
+test-ha: $(READY) system-deps
 	RNNSERVE_HA_TESTS=1 $(PY) -m pytest -q -s -p no:cacheprovider --timeout 900 tests/ha
 
 clean:

@@ -256,7 +256,7 @@ def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
             auto = choose_runner(flops_per_char=flops)
             ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / flops
             figures = []
-            for setting in ("numpy", "tensorflow"):
+            for setting in ("compiled", "numpy", "tensorflow"):
                 runner = build_runner(model, config, setting)
                 step = 64 / step_microseconds(runner, 64) * 1e6
                 engine = best_engine_chars_per_s(runner, vocab, 64, 400, tries=5)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from models.compiled_runner import CompiledStepRunner
 from models.config import CharRNNConfig
 from models.devices import gpu_visible
 from models.runner import StepRunner
 from models.step_cells import StepWeights
 from models.tf_runner import TFStepRunner
 
-RunnerSetting = Literal["auto", "numpy", "tensorflow"]
+RunnerSetting = Literal["auto", "compiled", "numpy", "tensorflow"]
 RUNNER_SETTINGS: tuple[str, ...] = get_args(RunnerSetting)
 # From this many FLOPs per character (2x384 LSTM: 3.6 M; 2x256: 1.6 M) `auto` picks the
 # TensorFlow runner on a CPU too.
@@ -42,6 +43,9 @@ def choose_runner(setting: str = "auto", gpu: bool | None = None,
 def build_runner(model, config: CharRNNConfig, setting: str = "auto"):
     """The chosen runner for a loaded Keras char-RNN; it has `name` and `device` for logs."""
     weights = StepWeights.from_model(model, config)
-    if choose_runner(setting, flops_per_char=weights.flops_per_char()) == "tensorflow":
+    choice = choose_runner(setting, flops_per_char=weights.flops_per_char())
+    if choice == "tensorflow":
         return TFStepRunner(weights)
+    if choice == "compiled":
+        return CompiledStepRunner(weights)
     return StepRunner(weights)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.charrnn import build_charrnn
+from models.compiled_runner import CompiledStepRunner
 from models.config import CharRNNConfig
 from models.runner import StepRunner
 from models.vocab import Vocab
@@ -14,15 +15,16 @@ from registry import Registry, Settings
 ENGINE_VOCAB = Vocab.from_text("abcdefgh \n", 100)  # the engine tests' alphabet
 
 
-@pytest.fixture(scope="module")
-def runner_factory():
-    """Fresh step runners of one tiny random-weight char-RNN over ENGINE_VOCAB."""
+@pytest.fixture(scope="module", params=[StepRunner, CompiledStepRunner], ids=["numpy", "compiled"])
+def runner_factory(request):
+    """Fresh step runners of one tiny random-weight char-RNN over ENGINE_VOCAB, each host
+    runner in turn."""
     config = CharRNNConfig(vocab_size=ENGINE_VOCAB.size, lstm_size=16, num_layers=2)
     model = build_charrnn(config)
     rng = np.random.default_rng(1)
     for weight in model.weights:
         weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
-    return lambda: StepRunner.from_model(model, config)
+    return lambda: request.param.from_model(model, config)
 
 
 # The registry tests' database: each test runs on every supported backend.

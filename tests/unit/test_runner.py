@@ -1,16 +1,22 @@
-"""The NumPy step runner reproduces the Keras network step by step (no Ray)."""
+"""The host step runners (NumPy, and compiled with numba) reproduce the Keras network step by
+step (no Ray)."""
 
 import numpy as np
 import pytest
 
 from models.charrnn import build_charrnn
+from models.compiled_cells import tanh_array
+from models.compiled_runner import CompiledStepRunner
 from models.config import CharRNNConfig
 from models.runner import StepRunner
 
+HOST_RUNNERS = [StepRunner, CompiledStepRunner]
 
+
+@pytest.mark.parametrize("runner_class", HOST_RUNNERS)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("use_embedding", [False, True])
-def test_runner_matches_keras_logits(cell, use_embedding):
+def test_runner_matches_keras_logits(runner_class, cell, use_embedding):
     config = CharRNNConfig(vocab_size=23, cell=cell, num_layers=2, lstm_size=16,
                            use_embedding=use_embedding, embedding_size=8)
     model = build_charrnn(config)
@@ -20,19 +26,59 @@ def test_runner_matches_keras_logits(cell, use_embedding):
     ids = rng.integers(0, 23, size=(3, 12)).astype(np.int32)
     expected = np.asarray(model(ids, training=False))
 
-    runner = StepRunner.from_model(model, config)
+    runner = runner_class.from_model(model, config)
     runner.allocate(5)
     slots = np.array([4, 0, 2])  # arbitrary slots: rows must not mix
     for t in range(ids.shape[1]):
         logits = runner.step(slots, ids[:, t])
         np.testing.assert_allclose(logits, expected[:, t], atol=1e-4)
 
+    # A long prime through `prefill` ends in the state the steps reach, with their logits.
+    runner.allocate(5)
+    prefilled = runner.prefill(3, ids[0])
+    np.testing.assert_allclose(prefilled, expected[0], atol=1e-4)
+    sequence = list(ids[0])
+    for char_id in rng.integers(0, 23, size=4):  # then single steps go on from that state
+        sequence.append(char_id)
+        expected_next = np.asarray(model(np.array([sequence]), training=False))[0, -1]
+        np.testing.assert_allclose(runner.step(np.array([3]), np.array([char_id]))[0],
+                                   expected_next, atol=1e-4)
 
-def test_reset_clears_only_that_slot():
+
+@pytest.mark.parametrize("runner_class", HOST_RUNNERS)
+def test_reset_clears_only_that_slot(runner_class):
     config = CharRNNConfig(vocab_size=10, lstm_size=8, num_layers=1)
-    runner = StepRunner.from_model(build_charrnn(config), config)
+    runner = runner_class.from_model(build_charrnn(config), config)
     runner.allocate(2)
-    runner.step(np.array([0, 1]), np.array([3, 4]))
+    slots, ids = np.array([0, 1]), np.array([3, 4])
+    first = runner.step(slots, ids)
     runner.reset(0)
-    assert not runner.state[0][0][0].any() and runner.state[0][0][1].any()
+    again = runner.step(slots, ids)
+    np.testing.assert_array_equal(again[0], first[0])  # slot 0 starts over from zero state
+    assert not np.allclose(again[1], first[1])  # slot 1 went on from its state
+
+
+def test_a_batch_split_over_the_cores_gives_each_row_its_own_sequence():
+    """The compiled step spreads a large batch's rows over the cores: each row's logits are
+    those of the same sequence stepped alone."""
+    config = CharRNNConfig(vocab_size=30, lstm_size=32, num_layers=2)
+    model = build_charrnn(config)
+    batched, alone = (CompiledStepRunner.from_model(model, config) for _ in range(2))
+    batched.allocate(64)
+    alone.allocate(64)
+    rng = np.random.default_rng(2)
+    slots = rng.permutation(64)
+    for _ in range(3):
+        ids = rng.integers(1, 30, size=64)
+        logits = batched.step(slots, ids)
+        for row in (0, 31, 32, 63):
+            np.testing.assert_allclose(logits[row], alone.step(slots[row:row + 1],
+                                                               ids[row:row + 1])[0], atol=1e-6)
+
+
+def test_the_compiled_tanh_is_within_float32_rounding():
+    x = np.concatenate([np.linspace(-30, 30, 200_001, dtype=np.float32),
+                        np.array([0.0, -0.0, 1e-30, -1e-30, 1e4, -1e4, np.float32(3.4e38)],
+                                 np.float32)])
+    np.testing.assert_allclose(tanh_array(x), np.tanh(x.astype(np.float64)), rtol=0, atol=3e-7)
 

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 
 from deployments.app import AppArgs
 from models.charrnn import build_charrnn
+from models.compiled_runner import CompiledStepRunner
 from models.config import CharRNNConfig
 from models.devices import gpu_visible
 from models.runner import StepRunner
@@ -19,8 +20,8 @@ def test_auto_follows_the_device_and_the_model_size_and_explicit_settings_win():
     assert choose_runner("auto", gpu=False, flops_per_char=small) == "numpy"
     assert choose_runner("auto", gpu=False, flops_per_char=large) == "tensorflow"
     for gpu in (True, False):
-        assert choose_runner("numpy", gpu=gpu) == "numpy"
-        assert choose_runner("tensorflow", gpu=gpu) == "tensorflow"
+        for setting in ("compiled", "numpy", "tensorflow"):
+            assert choose_runner(setting, gpu=gpu) == setting
     assert choose_runner("auto") == ("tensorflow" if gpu_visible() else "numpy")
     with pytest.raises(ValueError, match="runner must be one of"):
         choose_runner("cuda")
@@ -31,6 +32,8 @@ def test_build_runner_makes_the_chosen_runner():
     model = build_charrnn(config)
     numpy_runner = build_runner(model, config, "numpy")
     tf_runner = build_runner(model, config, "tensorflow")
+    compiled_runner = build_runner(model, config, "compiled")
+    assert isinstance(compiled_runner, CompiledStepRunner) and compiled_runner.name == "compiled"
     assert isinstance(numpy_runner, StepRunner) and numpy_runner.name == "numpy"
     assert isinstance(tf_runner, TFStepRunner) and tf_runner.name == "tensorflow"
     assert tf_runner.device == ("GPU:0" if gpu_visible() else "CPU:0")

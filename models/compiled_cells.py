@@ -1,0 +1,161 @@
+"""The char-RNN's step as machine code (numba): the kernels of the compiled runner
+(models/compiled_runner.py).
+
+The NumPy runner's step is ~10 NumPy calls per layer, each taking the GIL back and each a
+separate pass over the batch; at 2x128 and 64 streams the calls around the three GEMMs cost a
+third of the step. Here a whole step is ONE call that holds no GIL: each layer's recurrent
+GEMM goes to BLAS (numba's `@`, through SciPy's BLAS), and the gate math is one fused loop per
+row. The call splits the batch's rows into one part per core (`prange`): rows of a step never
+mix, so the parts need no synchronisation, and the step's wall time halves on two cores.
+
+Same equations as models/step_cells.py's `cell_update`, in the same tanh form (weights of the
+sigmoid gates halved, sigmoid(x) = 0.5 * tanh(x/2) + 0.5), written per element here: numba
+compiles loops over elements, not the array-slicing form the NumPy and TensorFlow runners
+share. `tanh` is computed from `exp` with a short polynomial that vectorises (libm's tanh does
+not): within 2e-7 of float64 tanh over all float32 inputs (tests/unit/test_compiled_runner.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# error_model="numpy": no ZeroDivisionError branch in each division, which keeps the element
+# loops vectorisable; fastmath lets LLVM reassociate and fuse them into FMAs. `cache`: the
+# machine code is kept in __pycache__, so a replica loads it instead of compiling (~15 s).
+_OPTIONS = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
+
+CELLS = {"lstm": 0, "gru": 1, "rnn": 2}  # a kernel's `cell` argument
+LSTM, GRU = CELLS["lstm"], CELLS["gru"]
+
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = HI + LO
+_POW2 = np.array([2.0 ** k for k in range(-64, 65)], np.float32)  # 2**k at index k + 64
+
+
+@njit(inline="always", **_OPTIONS)
+def _tanh(x):
+    """tanh(x) = 1 - 2 / (exp(2x) + 1), with exp(y) = 2**k * exp(r), |r| <= ln2 / 2, exp(r) by
+    its Taylor series to r**6 (relative error < 2e-7 there); 2x is clamped to +-40, where tanh
+    is +-1 in float32."""
+    y = min(max(np.float32(2.0) * x, np.float32(-40.0)), np.float32(40.0))
+    k = np.floor(y * _LOG2E + np.float32(0.5))
+    r = y - k * _LN2_HI - k * _LN2_LO
+    p = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(1 / 2) + r * (
+        np.float32(1 / 6) + r * (np.float32(1 / 24) + r * (np.float32(1 / 120)
+                                                           + r * np.float32(1 / 720))))))
+    return np.float32(1.0) - np.float32(2.0) / (p * _POW2[np.int64(k) + 64] + np.float32(1.0))
+
+
+@njit(**_OPTIONS)
+def tanh_array(x):
+    """`_tanh` over an array (for the tests)."""
+    out = np.empty_like(x)
+    flat, into = x.ravel(), out.ravel()
+    for i in range(flat.size):
+        into[i] = _tanh(flat[i])
+    return out
+
+
+@njit(**_OPTIONS)
+def cell_rows(cell, gates, h, c, recurrent, recurrent_bias):
+    """One cell step for every row, in place: `gates` is the input side (x @ kernel + bias,
+    [rows, gates * units]), `h` (and `c`, LSTM) the rows' state. Each loop reads and writes
+    one fresh array, which LLVM vectorises (through a view shared with another array it did
+    not: measured 2x slower)."""
+    units, half, one = h.shape[1], np.float32(0.5), np.float32(1.0)
+    if cell == LSTM:  # t: i, f, o (halved), then the candidate
+        t = gates + h @ recurrent
+        for i in range(h.shape[0]):
+            for j in range(4 * units):
+                t[i, j] = _tanh(t[i, j])
+            for j in range(units):
+                state = ((half * t[i, units + j] + half) * c[i, j]
+                         + (half * t[i, j] + half) * t[i, 3 * units + j])
+                c[i, j] = state
+                h[i, j] = (half * t[i, 2 * units + j] + half) * _tanh(state)
+    elif cell == GRU:  # z, r (halved), then h; reset_after: r gates the recurrent term
+        hidden = h @ recurrent + recurrent_bias
+        t = gates[:, :2 * units] + hidden[:, :2 * units]
+        for i in range(h.shape[0]):
+            for j in range(2 * units):
+                t[i, j] = _tanh(t[i, j])
+            for j in range(units):
+                z = half * t[i, j] + half
+                candidate = _tanh(gates[i, 2 * units + j]
+                                  + (half * t[i, units + j] + half) * hidden[i, 2 * units + j])
+                h[i, j] = z * h[i, j] + (one - z) * candidate
+    else:
+        t = gates + h @ recurrent
+        for i in range(h.shape[0]):
+            for j in range(units):
+                h[i, j] = _tanh(t[i, j])
+
+
+@njit(**_OPTIONS)
+def step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel, out_bias,
+              hs, cs, slots, ids, logits):
+    """One step of the sequences in `slots` (fed `ids`), all layers: their state rows are
+    gathered from `hs`/`cs` [layers, slots, units], updated and written back; `logits` [rows,
+    vocab] receives the output layer's."""
+    rows, units = slots.shape[0], hs.shape[2]
+    h = np.empty((rows, units), np.float32)
+    c = np.empty((rows, units), np.float32)
+    gates = np.empty((rows, table.shape[1]), np.float32)
+    for i in range(rows):
+        gates[i] = table[ids[i]]
+    for layer in range(hs.shape[0]):
+        if layer > 0:
+            gates = h @ kernels[layer - 1]
+            for i in range(rows):
+                gates[i] += biases[layer - 1]
+        for i in range(rows):
+            h[i] = hs[layer, slots[i]]
+            c[i] = cs[layer, slots[i]]
+        cell_rows(cell, gates, h, c, recurrents[layer], recurrent_biases[layer])
+        for i in range(rows):
+            hs[layer, slots[i]] = h[i]
+            cs[layer, slots[i]] = c[i]
+    logits[:] = h @ out_kernel
+    for i in range(rows):
+        logits[i] += out_bias
+
+
+@njit(parallel=True, **_OPTIONS)
+def step_parts(parts, cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+               out_bias, hs, cs, slots, ids, logits):
+    """`step_rows` over `parts` contiguous runs of the batch's rows, one per thread."""
+    rows = slots.shape[0]
+    for part in prange(parts):
+        first, end = rows * part // parts, rows * (part + 1) // parts
+        step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+                  out_bias, hs, cs, slots[first:end], ids[first:end], logits[first:end])
+
+
+@njit(**_OPTIONS)
+def prefill_positions(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+                      out_bias, hs, cs, slot, ids):
+    """Feed `ids` one after another to the sequence in `slot`; the logits after each of them
+    [len(ids), vocab]. Layer by layer: each layer's input projection is one GEMM over all
+    positions, and only the recurrence runs position by position."""
+    positions, units = ids.shape[0], hs.shape[2]
+    x = np.empty((positions, units), np.float32)
+    gates = np.empty((positions, table.shape[1]), np.float32)
+    for p in range(positions):
+        gates[p] = table[ids[p]]
+    for layer in range(hs.shape[0]):
+        if layer > 0:
+            gates = x @ kernels[layer - 1]
+            for p in range(positions):
+                gates[p] += biases[layer - 1]
+        h = hs[layer, slot:slot + 1].copy()
+        c = cs[layer, slot:slot + 1].copy()
+        for p in range(positions):
+            cell_rows(cell, gates[p:p + 1], h, c, recurrents[layer], recurrent_biases[layer])
+            x[p] = h[0]
+        hs[layer, slot] = h[0]
+        cs[layer, slot] = c[0]
+    logits = x @ out_kernel
+    for p in range(positions):
+        logits[p] += out_bias
+    return logits

@@ -1,0 +1,118 @@
+"""The compiled runner: the NumPy runner's interface, its step one machine-code call that holds
+no GIL and spreads the batch's rows over the cores (models/compiled_cells.py).
+
+A small model's step is a few small GEMMs and their gate math (2x128 at 64 streams: three
+[64, 128] x [128, 512] products); run as NumPy calls, the calls between the GEMMs cost a third
+of the step, and one BLAS thread leaves the second core idle, since small GEMMs split over BLAS
+threads wait at each call's barrier (models/runner.py). Here each core takes a part of the rows
+through every layer, so there is one fork and one join per step, not one per GEMM.
+
+The weights are stacked per kind ([layers - 1, units, gates * units] kernels and so on, all
+layers having the same width) and the state is `[layers, slots, units]` arrays, so one kernel
+serves any number of layers. A GRU or plain RNN has no `c` state: its array is allocated and
+never read.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+
+from models import compiled_cells
+from models.runner import single_threaded_blas
+from models.step_cells import StepWeights, WeightsView
+
+# Fewer rows than this per core and a step runs on one core: a fork and join costs more than
+# it saves (measured here: ~10 us each way).
+MIN_ROWS_PER_CORE = 8
+
+
+class CompiledStepRunner(WeightsView):
+    name = "compiled"
+    device = "CPU"
+
+    def __init__(self, weights: StepWeights):
+        self.weights = weights
+        layers = weights.layers
+        self.cell = compiled_cells.CELLS[weights.config.cell]
+        width = layers[0].recurrent.shape[1]
+        self.kernels = _stack([layer.kernel for layer in layers[1:]],
+                              (0, layers[0].units, width))
+        self.biases = _stack([layer.bias for layer in layers[1:]], (0, width))
+        self.recurrents = _stack([layer.recurrent for layer in layers], None)
+        self.recurrent_biases = _stack(
+            [np.zeros(width, np.float32) if layer.recurrent_bias is None
+             else layer.recurrent_bias for layer in layers], None)
+        self.hs = self.cs = np.zeros((len(layers), 0, layers[0].units), np.float32)
+        self.cores = numba.config.NUMBA_NUM_THREADS
+        self._compiled_once()
+        single_threaded_blas()  # after the first call: SciPy's BLAS, which numba's `@` uses,
+        # is loaded by then
+
+    @classmethod
+    def from_model(cls, model, config) -> CompiledStepRunner:
+        return cls(StepWeights.from_model(model, config))
+
+    def allocate(self, slots: int) -> None:
+        """Reserve state for `slots` concurrent sequences (all zero)."""
+        shape = (len(self.weights.layers), slots, self.weights.layers[0].units)
+        self.hs, self.cs = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def reset(self, slot: int) -> None:
+        self.hs[:, slot] = 0.0
+        self.cs[:, slot] = 0.0
+
+    def _weights(self) -> tuple:
+        weights = self.weights
+        return (self.cell, weights.input_table, self.kernels, self.biases, self.recurrents,
+                self.recurrent_biases, weights.out_kernel, weights.out_bias, self.hs, self.cs)
+
+    def step(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Feed `ids[i]` to the sequence in `slots[i]`; returns next-char logits [n, vocab]."""
+        slots = np.ascontiguousarray(slots, np.int64)
+        ids = np.ascontiguousarray(ids, np.int64)
+        logits = np.empty((len(slots), self.vocab_size), np.float32)
+        parts = max(1, min(self.cores, len(slots) // MIN_ROWS_PER_CORE))
+        with _PARALLEL_CALLS:
+            compiled_cells.step_parts(parts, *self._weights(), slots, ids, logits)
+        return logits
+
+    def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
+        """Feed `ids` one after another to the sequence in `slot`; the logits after each."""
+        return compiled_cells.prefill_positions(*self._weights(), slot,
+                                                np.ascontiguousarray(ids, np.int64))
+
+    def _compiled_once(self) -> None:
+        """Compile (or load from the cache) both kernels for these argument types now, at
+        model load, not in the first request: a cold compile takes seconds."""
+        saved = self.hs, self.cs
+        self.allocate(2 * MIN_ROWS_PER_CORE)
+        self.step(np.arange(2 * MIN_ROWS_PER_CORE), np.zeros(2 * MIN_ROWS_PER_CORE, np.int64))
+        self.prefill(0, np.zeros(2, np.int64))
+        self.hs, self.cs = saved
+
+
+# The steps of two engines in one process (two models in a replica) take turns: each already
+# spreads over every core, and numba's own 'workqueue' threading layer, the one it falls back
+# to when neither OpenMP nor TBB loads, aborts the process on two parallel launches at once.
+_PARALLEL_CALLS = threading.Lock()
+
+
+def compile_kernels() -> None:
+    """Compile the kernels into numba's on-disk cache, for `make` to run whenever they change:
+    the first process to need them then loads them (~1 s) instead of compiling them (~25 s),
+    and no replica's first model load or test waits for a compile. One runner covers every
+    model: the kernels take the cell and the sizes as arguments of the same types."""
+    from models.charrnn import build_charrnn
+    from models.config import CharRNNConfig
+
+    config = CharRNNConfig(vocab_size=4, lstm_size=8, num_layers=2)
+    CompiledStepRunner.from_model(build_charrnn(config), config)
+
+
+def _stack(arrays: list, empty_shape: tuple | None) -> np.ndarray:
+    if not arrays:
+        return np.zeros(empty_shape, np.float32)
+    return np.ascontiguousarray(np.stack(arrays), dtype=np.float32)
