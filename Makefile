@@ -19,10 +19,12 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The compiled step runner's machine code (models/compiled_cells.py), built into numba's cache
-# once per change of it, so no process that serves or tests has to wait ~25 s for a compile.
-$(BIN)/.kernels: $(BIN)/.installed models/compiled_cells.py
-	$(PY) -c "from models.compiled_runner import compile_kernels; compile_kernels()"
+# The compiled kernels' machine code (the compiled runner's, the sampler's, the engine's fused
+# steps), built into numba's cache once per change of them, so no process that serves or
+# tests has to wait ~25 s for a compile.
+KERNELS := models/compiled_cells.py sampling/sampler.py sampling/fused_steps.py
+$(BIN)/.kernels: $(BIN)/.installed $(KERNELS)
+	$(PY) -c "from sampling.fused_steps import compile_kernels; compile_kernels()"
 	touch $@
 
 READY := $(BIN)/.installed $(BIN)/.kernels

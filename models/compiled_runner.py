@@ -64,7 +64,8 @@ class CompiledStepRunner(WeightsView):
         self.hs[:, slot] = 0.0
         self.cs[:, slot] = 0.0
 
-    def _weights(self) -> tuple:
+    def kernel_arguments(self) -> tuple:
+        """The model and its state, as the kernels take them (after `parts`)."""
         weights = self.weights
         return (self.cell, weights.input_table, self.kernels, self.biases, self.recurrents,
                 self.recurrent_biases, weights.out_kernel, weights.out_bias, self.hs, self.cs)
@@ -74,14 +75,19 @@ class CompiledStepRunner(WeightsView):
         slots = np.ascontiguousarray(slots, np.int64)
         ids = np.ascontiguousarray(ids, np.int64)
         logits = np.empty((len(slots), self.vocab_size), np.float32)
-        parts = max(1, min(self.cores, len(slots) // MIN_ROWS_PER_CORE))
-        with _PARALLEL_CALLS:
-            compiled_cells.step_parts(parts, *self._weights(), slots, ids, logits)
+        self.run_parallel(compiled_cells.step_parts, len(slots), slots, ids, logits)
         return logits
+
+    def run_parallel(self, kernel, rows: int, *arguments) -> None:
+        """`kernel(parts, <the model and its state>, *arguments)`, a parallel kernel whose
+        `rows` it splits into `parts`, one per core (one if too few rows to be worth it)."""
+        parts = max(1, min(self.cores, rows // MIN_ROWS_PER_CORE))
+        with _PARALLEL_CALLS:
+            kernel(parts, *self.kernel_arguments(), *arguments)
 
     def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
         """Feed `ids` one after another to the sequence in `slot`; the logits after each."""
-        return compiled_cells.prefill_positions(*self._weights(), slot,
+        return compiled_cells.prefill_positions(*self.kernel_arguments(), slot,
                                                 np.ascontiguousarray(ids, np.int64))
 
     def _compiled_once(self) -> None:
@@ -100,16 +106,17 @@ class CompiledStepRunner(WeightsView):
 _PARALLEL_CALLS = threading.Lock()
 
 
-def compile_kernels() -> None:
-    """Compile the kernels into numba's on-disk cache, for `make` to run whenever they change:
-    the first process to need them then loads them (~1 s) instead of compiling them (~25 s),
-    and no replica's first model load or test waits for a compile. One runner covers every
-    model: the kernels take the cell and the sizes as arguments of the same types."""
+def compile_kernels() -> CompiledStepRunner:
+    """Compile the runner's kernels into numba's on-disk cache (sampling/fused_steps.py's
+    `compile_kernels`, which `make` runs whenever they change, adds the engine's): the first
+    process to need them then loads them (~1 s) instead of compiling them (~25 s), so no
+    replica's first model load or test waits for a compile. One runner covers every model: the
+    kernels take the cell and the sizes as arguments of the same types. Returns that runner."""
     from models.charrnn import build_charrnn
     from models.config import CharRNNConfig
 
     config = CharRNNConfig(vocab_size=4, lstm_size=8, num_layers=2)
-    CompiledStepRunner.from_model(build_charrnn(config), config)
+    return CompiledStepRunner.from_model(build_charrnn(config), config)
 
 
 def _stack(arrays: list, empty_shape: tuple | None) -> np.ndarray:

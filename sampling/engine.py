@@ -34,9 +34,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from models.compiled_runner import CompiledStepRunner
 from models.config import SampleConfig
 from models.runner import StepRunner, slot_rows
 from models.vocab import Vocab
+from sampling.fused_steps import run_fused_steps
 from sampling.handle import SequenceHandle
 from sampling.output import StepOutput
 from sampling.sampler import char_logprobs, random_key
@@ -54,6 +56,10 @@ DEFAULT_PREFILL_CHARS = 64
 # loop delivers the previous hop's text.
 HOP_SECONDS = 0.005
 TAKE_TIMEOUT_S = 0.1  # the worker steps on if the event loop is this late to take a hop's text
+# Fused steps (the compiled runner, sampling/fused_steps.py): a call runs for about this long,
+# so joins, cancels and deadlines still take effect within a hop.
+FUSED_CALL_SECONDS = HOP_SECONDS / 2
+MAX_FUSED_STEPS = 64
 
 
 class SamplingEngine:
@@ -73,6 +79,7 @@ class SamplingEngine:
         self.occupancy: list[int] = []  # batch size of each step delivered since the last drain
         self._batch: _Batch | None = None  # the running sequences as arrays; None: changed
         self._prefilling: list[Sequence] = []  # running, with more prompt than the next id
+        self._fused_pace = 0.0  # seconds per fused step (0: not measured yet, one step a call)
         # The steps' output: the worker thread's since its last step (`_pending`), published
         # after each step to `_outbox`, which the event loop takes in `deliver()` (under
         # `_lock`: the only state both threads write).
@@ -126,6 +133,8 @@ class SamplingEngine:
         batch = self._schedule()
         if batch is None:
             return 0
+        if self._fusable(batch):
+            return self._fused(batch)
         self._prefill()
         logits = self.runner.step(batch.slots, self.table.next_id[batch.index])
         reading = self.table.prompt_left[batch.index] > 1  # fed a prompt id that is not the last
@@ -138,6 +147,33 @@ class SamplingEngine:
             self._sample(logits, batch.rows, batch.index)
         self._pending.occupancy.append(len(batch.slots))
         return len(batch.slots)
+
+    def _fusable(self, batch: _Batch) -> bool:
+        """Whether the next steps can run as one compiled call (sampling/fused_steps.py):
+        the compiled runner, and nothing per character in Python."""
+        return (isinstance(self.runner, CompiledStepRunner) and not batch.any_slow
+                and not (self.table.prompt_left[batch.index] > 1).any())
+
+    def _fused(self, batch: _Batch) -> int:
+        """Several steps of the batch in one call, as many as fit in `FUSED_CALL_SECONDS`
+        (by the last calls' pace) and end before any sequence reaches its length; returns
+        the sequence steps run."""
+        table, rows = self.table, len(batch.slots)
+        left = int((table.max_length[batch.index] - table.generated[batch.index]).min())
+        fit = int(FUSED_CALL_SECONDS / self._fused_pace) if self._fused_pace else 1
+        steps = max(1, min(left, MAX_FUSED_STEPS, fit))
+        started = time.perf_counter()
+        chosen = run_fused_steps(self.runner, table, batch.slots, steps)
+        pace = (time.perf_counter() - started) / steps
+        # A moving average of the last calls (the first call's pace as it is): the batch
+        # changes, and a shared machine's speed with it.
+        self._fused_pace += (pace - self._fused_pace) / (4 if self._fused_pace else 1)
+        table.prompt_left[batch.index] = 0
+        self._pending.sampled.append((np.tile(table.owner[batch.index], steps), chosen.ravel()))
+        self._pending.occupancy += [rows] * steps
+        for row in np.flatnonzero(table.generated[batch.index] >= table.max_length[batch.index]):
+            self._retire(batch.sequences[row], "length")
+        return rows * steps
 
     def _schedule(self) -> _Batch | None:
         """Admit and drop at the step boundary; the running sequences as arrays (rebuilt only

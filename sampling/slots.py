@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sampling.sampler import sample_rows, uniforms
+from sampling.sampler import sample_slots
 from sampling.scheduler import Sequence
 
 
@@ -52,13 +52,18 @@ class SlotTable:
         self.next_id[slot] = sequence.prompt_ids[len(sequence.prompt_ids) - self.prompt_left[slot]]
 
     def sample(self, logits: np.ndarray, slots: np.ndarray | slice) -> np.ndarray:
-        """The next character of the sequences in `slots` (one logits row each; a slice of
-        consecutive slots reads and writes views); they become the next inputs and the streams
-        move on by one."""
-        draws = uniforms(self.key[slots], self.generated[slots])
-        chosen = sample_rows(logits, self.temperature[slots], self.top_k[slots],
-                             self.top_p[slots], draws)
-        self.next_id[slots] = chosen
+        """The next character of the sequences in `slots` (an array, or a slice of consecutive
+        slots; one logits row each); they become the next inputs and the streams move on by
+        one."""
+        if isinstance(slots, slice):
+            slots = np.arange(slots.start, slots.stop)
+        chosen = np.empty(len(slots), np.int64)
+        sample_slots(np.ascontiguousarray(logits), slots, *self.sampling_arrays(), chosen)
         self.prompt_left[slots] = 0
-        self.generated[slots] += 1
         return chosen
+
+    def sampling_arrays(self) -> tuple:
+        """What the compiled sampler reads and moves on, per slot (sampling/sampler.py's
+        `sample_slots` takes them in this order)."""
+        return (self.key, self.generated, self.temperature, self.top_k, self.top_p,
+                self.next_id)

@@ -5,9 +5,11 @@ import threading
 
 import pytest
 
+from models.compiled_runner import CompiledStepRunner
 from models.config import SampleConfig
 from models.vocab import UNKNOWN
 from sampling import QueueFull, SamplingEngine
+from sampling import engine as engine_module
 from tests.unit.conftest import ENGINE_VOCAB as VOCAB
 
 
@@ -54,6 +56,32 @@ def test_same_seed_same_text_whatever_shares_the_batch(runner_factory):
     assert different != first
 
 
+def test_fused_steps_give_the_text_of_single_steps(runner_factory, monkeypatch):
+    """The compiled runner runs several sampled steps per call (sampling/fused_steps.py); the
+    text for a seed is the one that single steps give, whatever the sampling settings."""
+    requests = [SampleConfig(prime="ab", max_length=300, seed=seed, temperature=temperature,
+                             top_k=top_k, top_p=top_p)
+                for seed, temperature, top_k, top_p in [(1, 1.0, 0, 1.0), (2, 0.7, 3, 1.0),
+                                                        (3, 1.3, 0, 0.8), (4, 0.9, 5, 0.5)]]
+
+    async def go(engine):
+        return await asyncio.gather(*(engine.submit(r).result() for r in requests))
+
+    fused_calls = []
+    run_fused = engine_module.run_fused_steps
+    monkeypatch.setattr(engine_module, "run_fused_steps",
+                        lambda *a: fused_calls.append(a[-1]) or run_fused(*a))
+    fused = run(go, runner_factory)
+    if not isinstance(runner_factory(), CompiledStepRunner):
+        assert not fused_calls  # only the compiled runner fuses steps
+        return
+    # Several steps per call; every step fused but the first, which feeds the prime's "a".
+    assert max(fused_calls) > 1 and sum(fused_calls) == 299
+    monkeypatch.setattr(SamplingEngine, "_fusable", lambda self, batch: False)
+    assert run(go, runner_factory) == fused
+    assert [len(t) for t in fused] == [300] * 4 and len(set(fused)) == 4
+
+
 def test_streamed_chunks_concatenate_to_the_text(runner_factory):
     async def go(engine):
         chunks = [c async for c in engine.submit(SampleConfig(max_length=50, seed=5))]
@@ -98,7 +126,7 @@ def test_the_worker_thread_ends_with_the_engine_and_the_loop_stays_responsive(ru
                 await asyncio.sleep(0.001)
 
         ticking = asyncio.create_task(ticker())
-        handles = [engine.submit(SampleConfig(max_length=3000, seed=i)) for i in range(8)]
+        handles = [engine.submit(SampleConfig(max_length=10_000, seed=i)) for i in range(8)]
         texts = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 30)
         ticking.cancel()
         engine.close()
@@ -107,7 +135,7 @@ def test_the_worker_thread_ends_with_the_engine_and_the_loop_stays_responsive(ru
 
     before = workers()
     texts, ticks, mine = asyncio.run(main())
-    assert [len(t) for t in texts] == [3000] * 8
+    assert [len(t) for t in texts] == [10_000] * 8
     gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
     assert len(ticks) > 20 and max(gaps) < 0.5  # never shut out for a long stretch
     assert len(mine) == 1
@@ -118,7 +146,9 @@ def test_the_worker_thread_ends_with_the_engine_and_the_loop_stays_responsive(ru
 
 def test_deadline_stops_a_request(runner_factory):
     async def go(engine):
-        handle = engine.submit(SampleConfig(max_length=10_000), deadline_s=0.05)
+        # Short: the compiled runner's fused steps make this tiny model's 10,000 characters
+        # in ~50 ms.
+        handle = engine.submit(SampleConfig(max_length=10_000), deadline_s=0.005)
         text = await handle.result()
         return handle, text
 
