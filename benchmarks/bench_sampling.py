@@ -7,8 +7,8 @@ For the 2x512 LSTM (tinyshakespeare vocabulary) and the reference's default 2x12
 in one run on this machine: (a) the FLOP ceiling, measured matmul GFLOP/s divided by the
 model's FLOPs per character; (b) the baseline, 64 requests served one at a time, each sampling
 its own sequence with a compiled (tf.function) batch-1 step, no cross-request batching;
-(c) the engine with 1..256 concurrent streams, once with each step runner (NumPy, and
-TensorFlow on whatever device TensorFlow picks: on a CPU-only machine this shows the TF
+(c) the engine with 1..256 concurrent streams, once with each step runner (compiled, NumPy,
+and TensorFlow on whatever device TensorFlow picks: on a CPU-only machine this shows the TF
 runner's per-step overhead); the cold start of a model no replica holds, per runner; and
 (d) a long prime: the time to first character of a 1,000-character prime arriving while 32
 other streams generate, with the engine's prefill off (one prime character per shared step)
@@ -65,11 +65,13 @@ class HostOnlyRunner:
 
 
 def runner_variants(model, config: CharRNNConfig) -> dict:
-    """label -> runner factory: NumPy, TensorFlow as a replica would run it on this device,
-    and TensorFlow with XLA the other way (on a CPU XLA is off by default; measured here)."""
+    """label -> runner factory: compiled, NumPy, TensorFlow as a replica would run it on this
+    device, and TensorFlow with XLA the other way (on a CPU XLA is off by default; measured
+    here)."""
     served = build_runner(model, config, "tensorflow")
     other = not served.jit_compile
-    return {"numpy": lambda m: build_runner(m, config, "numpy"),
+    return {"compiled": lambda m: build_runner(m, config, "compiled"),
+            "numpy": lambda m: build_runner(m, config, "numpy"),
             "tensorflow": lambda m: build_runner(m, config, "tensorflow"),
             f"tensorflow, XLA {'on' if other else 'off'}":
                 lambda m: TFStepRunner.from_model(m, config, jit_compile=other)}
@@ -241,8 +243,9 @@ def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[i
 
 
 def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
-    """Issue 18.4's figures alone: per model, the GEMM ceiling, and per step runner (NumPy on
-    its one BLAS thread, TensorFlow on every core) its step at batch 64 and the engine at 64
+    """Issue 18.4's figures alone: per model, the GEMM ceiling, and per step runner (compiled,
+    its rows over every core and the engine's steps fused; NumPy on its one BLAS thread;
+    TensorFlow on every core) its step at batch 64 and the engine at 64
     streams, measured together in each of `rounds` rounds (models alternating), each as a share
     of the ceiling measured in its own round; a shared machine's load drifts, so the ratios are
     only compared within a round. Each figure is a best of several (the ceiling of 10 GEMM
@@ -250,10 +253,10 @@ def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
     ever slows a measurement down. The runner `auto` picks on this machine is marked."""
     runs = {label: (build_charrnn(config), config) for label, config in configs.items()}
     print(f"load averages at the start: {os.getloadavg()}")
+    auto = choose_runner()
     for round_ in range(rounds):
         for label, (model, config) in runs.items():
             flops = build_runner(model, config, "numpy").flops_per_char()
-            auto = choose_runner(flops_per_char=flops)
             ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / flops
             figures = []
             for setting in ("compiled", "numpy", "tensorflow"):

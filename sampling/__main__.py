@@ -1,7 +1,7 @@
 """Offline sampling from a registered char-RNN, without a server.
 
     python -m sampling --name shakespeare --prime "ROMEO:" --max_length 1000 \
-        --temperature 0.8 --top_k 5 --seed 1 [--runner auto|numpy|tensorflow]
+        --temperature 0.8 --top_k 5 --seed 1 [--runner auto|compiled|numpy|tensorflow]
 
 Runs the same runner choice and engine as the Generator deployment (`--runner auto`:
 models/runner_choice.py), so a seed gives the same text offline and over HTTP.
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="model name in the registry")
     parser.add_argument("--version", type=int, default=None, help="default: production")
     parser.add_argument("--runner", choices=RUNNER_SETTINGS, default="auto",
-                        help="step runner (auto: TensorFlow on a GPU or for a large model, else NumPy)")
+                        help="step runner (auto: TensorFlow on a GPU, else compiled)")
     Settings.add_flags(parser)
     add_config_flags(parser, SampleConfig)
     args = parser.parse_args(argv)

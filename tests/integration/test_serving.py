@@ -196,7 +196,8 @@ def test_bad_uploads_are_refused_and_leave_nothing(trained, registry):
 
 
 def test_a_replica_says_which_step_runner_serves_a_model(trained, ray_cluster):
-    """A CPU replica with `runner: auto` (serve_config.yaml) samples with NumPy, and says so
+    """A CPU replica with `runner: auto` (serve_config.yaml) samples with the compiled runner,
+    and says so
     where an operator looks: the replica's log line and the load-time metric's runner tag."""
     from pathlib import Path
 
@@ -211,10 +212,10 @@ def test_a_replica_says_which_step_runner_serves_a_model(trained, ray_cluster):
                 and 'model="bard:1"' in line] or None
 
     lines = wait_for(load_lines, 60, interval=2, what="the model-load metric of bard:1")
-    assert all('runner="numpy"' in line for line in lines), lines
+    assert all('runner="compiled"' in line for line in lines), lines
     logs = Path(TEMP_DIR, "session_latest", "logs", "serve").glob("replica_rnnserve_Generator_*")
     said = [line for log in logs for line in log.read_text(errors="replace").splitlines()
-            if re.search(r"model bard:1@\w+ loaded in [\d.]+ s: numpy runner on CPU "
+            if re.search(r"model bard:1@\w+ loaded in [\d.]+ s: compiled runner on CPU "
                          r"\(runner setting auto\)", line)]
     assert said
 

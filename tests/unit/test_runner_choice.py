@@ -10,19 +10,17 @@ from models.compiled_runner import CompiledStepRunner
 from models.config import CharRNNConfig
 from models.devices import gpu_visible
 from models.runner import StepRunner
-from models.runner_choice import LARGE_MODEL_FLOPS_PER_CHAR, RUNNER_SETTINGS, build_runner, choose_runner
+from models.runner_choice import RUNNER_SETTINGS, build_runner, choose_runner
 from models.tf_runner import TFStepRunner
 
 
-def test_auto_follows_the_device_and_the_model_size_and_explicit_settings_win():
-    small, large = LARGE_MODEL_FLOPS_PER_CHAR - 1, LARGE_MODEL_FLOPS_PER_CHAR
-    assert choose_runner("auto", gpu=True, flops_per_char=small) == "tensorflow"
-    assert choose_runner("auto", gpu=False, flops_per_char=small) == "numpy"
-    assert choose_runner("auto", gpu=False, flops_per_char=large) == "tensorflow"
+def test_auto_follows_the_device_and_explicit_settings_win():
+    assert choose_runner("auto", gpu=True) == "tensorflow"
+    assert choose_runner("auto", gpu=False) == "compiled"
     for gpu in (True, False):
         for setting in ("compiled", "numpy", "tensorflow"):
             assert choose_runner(setting, gpu=gpu) == setting
-    assert choose_runner("auto") == ("tensorflow" if gpu_visible() else "numpy")
+    assert choose_runner("auto") == ("tensorflow" if gpu_visible() else "compiled")
     with pytest.raises(ValueError, match="runner must be one of"):
         choose_runner("cuda")
 
@@ -38,16 +36,7 @@ def test_build_runner_makes_the_chosen_runner():
     assert isinstance(tf_runner, TFStepRunner) and tf_runner.name == "tensorflow"
     assert tf_runner.device == ("GPU:0" if gpu_visible() else "CPU:0")
     auto = build_runner(model, config)
-    assert auto.name == choose_runner("auto")  # a small model: NumPy on a CPU
-
-
-def test_auto_serves_a_large_model_with_tensorflow_on_a_cpu_too():
-    """The 2x512 LSTM is past the size where TensorFlow's matmuls on every core beat one BLAS
-    thread (BENCHMARKS.md); the 2x128 reference model is not."""
-    for units, large in ((512, True), (128, False)):
-        config = CharRNNConfig(vocab_size=66, lstm_size=units, num_layers=2)
-        runner = build_runner(build_charrnn(config), config)
-        assert runner.name == ("tensorflow" if large or gpu_visible() else "numpy")
+    assert auto.name == choose_runner("auto")  # compiled on a CPU
 
 
 def test_app_args_take_only_known_runner_settings():
