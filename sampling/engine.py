@@ -13,6 +13,10 @@ steps, so delivering no longer adds to a step's time (most of a step is matrix p
 release the GIL). The two threads share only the published output (sampling/output.py) and
 the scheduler's queue, each under its lock.
 
+With the compiled runner, steps in which nothing happens per character in Python (no stop
+strings, logprobs or prime being read) run several at a time in one compiled call that also
+samples (sampling/fused_steps.py), about half a hop of them; the text is the same.
+
 A long prime need not cost one shared step per character: with `prefill_chars` > 0, a
 sequence still reading its prime first feeds up to that many prime characters per step through
 the runner's `prefill` (a pass over many characters of one sequence), the budget shared by all
@@ -72,6 +76,7 @@ class SamplingEngine:
         self.scheduler = Scheduler(max_batch, max_waiting)
         runner.allocate(max_batch)
         self.table = SlotTable(max_batch)
+        self._load_kernels()
         self.start_id = vocab.encode("\n")[0] if "\n" in vocab.chars else 0
         # Each id's character as a UTF-32 code unit: a hop's ids become text in one decode.
         self._char_units = np.array(vocab.chars, dtype="<U1")
@@ -96,6 +101,14 @@ class SamplingEngine:
         # after 0.8 s, past the client's cancel).
         self._taken = threading.Event()
         self._taken.set()  # nothing handed over yet
+
+    def _load_kernels(self) -> None:
+        """Load the compiled sampler (and, for the compiled runner, the fused steps) now, at
+        model load, not in a request: each is read from numba's cache at its first call."""
+        no_slots = np.zeros(0, np.int64)
+        self.table.sample(np.zeros((0, self.vocab.size), np.float32), no_slots)
+        if isinstance(self.runner, CompiledStepRunner):
+            run_fused_steps(self.runner, self.table, no_slots, 0)
 
     @property
     def queue_depth(self) -> int:
