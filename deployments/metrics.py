@@ -35,7 +35,7 @@ class GeneratorMetrics:
                                          tag_keys=model)
         self.model_load_seconds = metrics.Histogram(
             "rnnserve_model_load_seconds", description="time to load a model into a replica, "
-            "by the step runner it got (numpy, or tensorflow on a GPU replica)",
+            "by the step runner it got (compiled, numpy, or tensorflow on a GPU replica)",
             boundaries=[0.1, 0.25, 0.5, 1, 2, 5, 10, 30], tag_keys=("model", "runner"))
         self.cache_hits = metrics.Counter("rnnserve_model_cache_hits",
                                           description="requests for an already loaded model",
