@@ -93,6 +93,29 @@ def cell_rows(cell, gates, h, c, recurrent, recurrent_bias):
 
 
 @njit(**_OPTIONS)
+def layer_inputs(table, kernels, biases, layer, ids, x):
+    """A layer's input side for each row, [rows, gates * units]: the table's rows of `ids` for
+    the first layer (its bias folded in), else `x` (the layer below's output) @ kernel + bias."""
+    if layer == 0:
+        gates = np.empty((ids.shape[0], table.shape[1]), np.float32)
+        for i in range(ids.shape[0]):
+            gates[i] = table[ids[i]]
+        return gates
+    gates = x @ kernels[layer - 1]
+    for i in range(gates.shape[0]):
+        gates[i] += biases[layer - 1]
+    return gates
+
+
+@njit(**_OPTIONS)
+def output_logits(x, out_kernel, out_bias):
+    logits = x @ out_kernel
+    for i in range(logits.shape[0]):
+        logits[i] += out_bias
+    return logits
+
+
+@njit(**_OPTIONS)
 def step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel, out_bias,
               hs, cs, slots, ids, logits):
     """One step of the sequences in `slots` (fed `ids`), all layers: their state rows are
@@ -101,14 +124,8 @@ def step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_ke
     rows, units = slots.shape[0], hs.shape[2]
     h = np.empty((rows, units), np.float32)
     c = np.empty((rows, units), np.float32)
-    gates = np.empty((rows, table.shape[1]), np.float32)
-    for i in range(rows):
-        gates[i] = table[ids[i]]
     for layer in range(hs.shape[0]):
-        if layer > 0:
-            gates = h @ kernels[layer - 1]
-            for i in range(rows):
-                gates[i] += biases[layer - 1]
+        gates = layer_inputs(table, kernels, biases, layer, ids, h)
         for i in range(rows):
             h[i] = hs[layer, slots[i]]
             c[i] = cs[layer, slots[i]]
@@ -116,9 +133,7 @@ def step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_ke
         for i in range(rows):
             hs[layer, slots[i]] = h[i]
             cs[layer, slots[i]] = c[i]
-    logits[:] = h @ out_kernel
-    for i in range(rows):
-        logits[i] += out_bias
+    logits[:] = output_logits(h, out_kernel, out_bias)
 
 
 @njit(parallel=True, **_OPTIONS)
@@ -140,14 +155,8 @@ def prefill_positions(cell, table, kernels, biases, recurrents, recurrent_biases
     positions, and only the recurrence runs position by position."""
     positions, units = ids.shape[0], hs.shape[2]
     x = np.empty((positions, units), np.float32)
-    gates = np.empty((positions, table.shape[1]), np.float32)
-    for p in range(positions):
-        gates[p] = table[ids[p]]
     for layer in range(hs.shape[0]):
-        if layer > 0:
-            gates = x @ kernels[layer - 1]
-            for p in range(positions):
-                gates[p] += biases[layer - 1]
+        gates = layer_inputs(table, kernels, biases, layer, ids, x)
         h = hs[layer, slot:slot + 1].copy()
         c = cs[layer, slot:slot + 1].copy()
         for p in range(positions):
@@ -155,7 +164,4 @@ def prefill_positions(cell, table, kernels, biases, recurrents, recurrent_biases
             x[p] = h[0]
         hs[layer, slot] = h[0]
         cs[layer, slot] = c[0]
-    logits = x @ out_kernel
-    for p in range(positions):
-        logits[p] += out_bias
-    return logits
+    return output_logits(x, out_kernel, out_bias)
