@@ -22,8 +22,12 @@ $(BIN)/.installed: pyproject.toml
 # The compiled kernels' machine code (the compiled runner's, the sampler's, the engine's fused
 # steps), built into numba's cache once per change of them, so no process that serves or
 # tests has to wait ~25 s for a compile.
+# The old cache goes first: numba checks only the file that defines a kernel, so the fused
+# steps' cached code would outlive a change to the cells or the sampler it calls.
 KERNELS := models/compiled_cells.py sampling/sampler.py sampling/fused_steps.py
 $(BIN)/.kernels: $(BIN)/.installed $(KERNELS)
+	rm -f $(addsuffix __pycache__/*.nbi,$(sort $(dir $(KERNELS)))) \
+	  $(addsuffix __pycache__/*.nbc,$(sort $(dir $(KERNELS))))
 	$(PY) -c "from sampling.fused_steps import compile_kernels; compile_kernels()"
 	touch $@
 
