@@ -22,7 +22,9 @@ from numba import njit, prange
 
 # error_model="numpy": no ZeroDivisionError branch in each division, which keeps the element
 # loops vectorisable; fastmath lets LLVM reassociate and fuse them into FMAs. `cache`: the
-# machine code is kept in __pycache__, so a replica loads it instead of compiling (~15 s).
+# machine code is kept in __pycache__, so a replica loads it instead of compiling (~15 s);
+# `make` rebuilds it after a change (numba checks only the file that defines a kernel, not the
+# kernels it calls from other files, as sampling/fused_steps.py calls these).
 _OPTIONS = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}  # a kernel's `cell` argument
