@@ -63,6 +63,8 @@ TAKE_TIMEOUT_S = 0.1  # the worker steps on if the event loop is this late to ta
 # Fused steps (the compiled runner, sampling/fused_steps.py): a call runs for about this long,
 # so joins, cancels and deadlines still take effect within a hop.
 FUSED_CALL_SECONDS = HOP_SECONDS / 2
+# The pace is measured on the batch of the last calls: when a small batch grows, this bounds
+# the first calls at the larger size until the pace catches up.
 MAX_FUSED_STEPS = 64
 
 
