@@ -35,6 +35,7 @@ from models.charrnn import build_charrnn
 from models.config import CharRNNConfig, SampleConfig
 from models.devices import gpu_visible
 from models.runner_choice import build_runner, choose_runner
+from models.step_cells import StepWeights
 from models.tf_runner import TFStepRunner
 from models.vocab import Vocab
 from sampling import SamplingEngine
@@ -218,7 +219,7 @@ def cold_start_seconds(model, config: CharRNNConfig, vocab: Vocab, make_runner) 
 def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[int],
                 baseline: bool, quick: bool, long_prime_budgets: list[int] = ()) -> dict:
     model = build_charrnn(config)
-    flops = build_runner(model, config, "numpy").flops_per_char()
+    flops = StepWeights.from_model(model, config).flops_per_char()
     gflops = matmul_gflops(64, config.lstm_size)
     ceiling = gflops * 1e9 / flops
     result = {"model": label, "params": model.count_params(), "flops_per_char": flops,
@@ -258,7 +259,7 @@ def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
     auto = choose_runner()
     for round_ in range(rounds):
         for label, (model, config) in runs.items():
-            flops = build_runner(model, config, "numpy").flops_per_char()
+            flops = StepWeights.from_model(model, config).flops_per_char()
             ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / flops
             figures = []
             for setting in ("compiled", "numpy", "tensorflow"):

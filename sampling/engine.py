@@ -63,8 +63,8 @@ TAKE_TIMEOUT_S = 0.1  # the worker steps on if the event loop is this late to ta
 # Fused steps (the compiled runner, sampling/fused_steps.py): a call runs for about this long,
 # so joins, cancels and deadlines still take effect within a hop.
 FUSED_CALL_SECONDS = HOP_SECONDS / 2
-# The pace is measured on the batch of the last calls: when a small batch grows, this bounds
-# the first calls at the larger size until the pace catches up.
+# A bound on a call's steps whatever the pace says: a pace measured in a host stall's wake, or
+# on a tiny model, would otherwise put hundreds of steps between two looks at joins and cancels.
 MAX_FUSED_STEPS = 64
 
 
@@ -86,7 +86,9 @@ class SamplingEngine:
         self.occupancy: list[int] = []  # batch size of each step delivered since the last drain
         self._batch: _Batch | None = None  # the running sequences as arrays; None: changed
         self._prefilling: list[Sequence] = []  # running, with more prompt than the next id
-        self._fused_pace = 0.0  # seconds per fused step (0: not measured yet, one step a call)
+        # Seconds per fused step (0: not measured yet, one step a call), as measured on a batch
+        # of `_fused_pace_rows` sequences.
+        self._fused_pace, self._fused_pace_rows = 0.0, 1
         # The steps' output: the worker thread's since its last step (`_pending`), published
         # after each step to `_outbox`, which the event loop takes in `deliver()` (under
         # `_lock`: the only state both threads write).
@@ -175,20 +177,29 @@ class SamplingEngine:
         the sequence steps run."""
         table, rows = self.table, len(batch.slots)
         left = int((table.max_length[batch.index] - table.generated[batch.index]).min())
-        fit = int(FUSED_CALL_SECONDS / self._fused_pace) if self._fused_pace else 1
+        expected = self._step_seconds(rows)
+        fit = int(FUSED_CALL_SECONDS / expected) if expected else 1
         steps = max(1, min(left, MAX_FUSED_STEPS, fit))
         started = time.perf_counter()
         chosen = run_fused_steps(self.runner, table, batch.slots, steps)
         pace = (time.perf_counter() - started) / steps
-        # A moving average of the last calls (the first call's pace as it is): the batch
-        # changes, and a shared machine's speed with it.
-        self._fused_pace += (pace - self._fused_pace) / (4 if self._fused_pace else 1)
-        table.prompt_left[batch.index] = 0
+        # A moving average of the last calls (the first call's pace as it is): a shared
+        # machine's speed changes.
+        self._fused_pace = expected + (pace - expected) / 4 if expected else pace
+        self._fused_pace_rows = rows
         self._pending.sampled.append((np.tile(table.owner[batch.index], steps), chosen.ravel()))
         self._pending.occupancy += [rows] * steps
         for row in np.flatnonzero(table.generated[batch.index] >= table.max_length[batch.index]):
             self._retire(batch.sequences[row], "length")
         return rows * steps
+
+    def _step_seconds(self, rows: int) -> float:
+        """A fused step's expected seconds for a batch of `rows` sequences, from the pace
+        measured on the last calls' batch; never an underestimate, so a call ends within its
+        time when the batch changed. A step's cost grows with the rows, but less than in
+        proportion (a small batch's step mostly reads the weights): a larger batch is expected
+        to cost in proportion, a smaller one as much as the measured batch."""
+        return self._fused_pace * max(1.0, rows / self._fused_pace_rows)
 
     def _schedule(self) -> _Batch | None:
         """Admit and drop at the step boundary; the running sequences as arrays (rebuilt only

@@ -52,6 +52,7 @@ def run_fused_steps(runner: CompiledStepRunner, table: SlotTable, slots: np.ndar
     returns the chosen ids [steps, rows]."""
     chosen = np.empty((steps, len(slots)), np.int64)
     runner.run_parallel(fused_steps, len(slots), slots, *table.sampling_arrays(), chosen)
+    table.sampled(slots)
     return chosen
 
 

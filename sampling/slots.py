@@ -59,8 +59,13 @@ class SlotTable:
             slots = np.arange(slots.start, slots.stop)
         chosen = np.empty(len(slots), np.int64)
         sample_slots(np.ascontiguousarray(logits), slots, *self.sampling_arrays(), chosen)
-        self.prompt_left[slots] = 0
+        self.sampled(slots)
         return chosen
+
+    def sampled(self, slots: np.ndarray) -> None:
+        """The sequences in `slots` sampled a character (here or in the fused steps): their
+        prompt is all fed."""
+        self.prompt_left[slots] = 0
 
     def sampling_arrays(self) -> tuple:
         """What the compiled sampler reads and moves on, per slot (sampling/sampler.py's

@@ -8,6 +8,7 @@ the Serve replicas and a 2-worker training run fit at once (they mostly wait on 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -136,6 +137,15 @@ def registry(ray_cluster, session_storage):
     return Registry(Settings.from_env())
 
 
+def machine_room() -> str:
+    """Free disk and memory, as Ray sees them: past 95% of either it refuses or kills work."""
+    disk = shutil.disk_usage("/tmp")
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    available_gb = int(meminfo["MemAvailable"].split()[0]) / 2**20
+    return (f"disk /tmp {disk.free / 2**30:.1f} GB free of {disk.total / 2**30:.0f}, "
+            f"memory {available_gb:.1f} GB available, load {os.getloadavg()[0]:.1f}")
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
     """Poll until predicate() is truthy; returns its value or fails the test with `what`."""
     deadline = time.time() + timeout
@@ -168,7 +178,9 @@ def deploy_app(ray_cluster: dict, config_path: Path, url: str, timeout: float = 
         status = subprocess.run([str(BIN / "serve"), "status", "--address", ray_cluster["dashboard"]],
                                 env=ray_cluster["env"], capture_output=True, text=True).stdout
         print(status)
-        raise
+        # On one line, so that the short summary (all a CI log may keep) says why.
+        pytest.fail(f"the Serve app did not answer /healthz within {timeout:.0f}s; "
+                    f"{machine_room()}; serve status: {' '.join(status.split())[:1500]}")
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,32 @@ def test_fused_steps_give_the_text_of_single_steps(runner_factory, monkeypatch):
     assert [len(t) for t in fused] == [300] * 4 and len(set(fused)) == 4
 
 
+def test_a_grown_batch_gets_fewer_fused_steps_a_call(runner_factory, monkeypatch):
+    """The fused steps' pace is measured on the last calls' batch: when 63 sequences join one
+    that ran alone, the next call plans its steps as if a step cost 64 times the lone one's,
+    rather than running as many steps as fit at the lone pace (each then costing far more)."""
+    engine = SamplingEngine(runner_factory(), VOCAB)
+    if not isinstance(engine.runner, CompiledStepRunner):
+        return  # only the compiled runner fuses steps
+    calls = []
+    run_fused = engine_module.run_fused_steps
+    monkeypatch.setattr(engine_module, "run_fused_steps",
+                        lambda *a: calls.append((len(a[2]), a[-1])) or run_fused(*a))
+    engine.submit(SampleConfig(max_length=5000, seed=1))
+    for _ in range(20):
+        engine.step()
+    lone_pace = engine._fused_pace
+    assert calls[-1][0] == 1 and calls[-1][1] > 1 and lone_pace > 0
+    for seed in range(2, 65):
+        engine.submit(SampleConfig(max_length=5000, seed=seed))
+    engine.step()
+    rows, steps = calls[-1]
+    assert rows == 64
+    assert steps == max(1, int(engine_module.FUSED_CALL_SECONDS / (lone_pace * 64)))
+    assert steps < calls[-2][1]  # where the lone pace would have run as many as before
+    engine.close()
+
+
 def test_streamed_chunks_concatenate_to_the_text(runner_factory):
     async def go(engine):
         chunks = [c async for c in engine.submit(SampleConfig(max_length=50, seed=5))]
