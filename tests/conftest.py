@@ -157,9 +157,10 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def deploy_app(ray_cluster: dict, config_path: Path, url: str, timeout: float = 180) -> None:
+def deploy_app(ray_cluster: dict, config_path: Path, url: str, timeout: float = 300) -> None:
     """`serve deploy` the config onto the cluster (its "dashboard" address, its "env") and
-    wait until the app answers."""
+    wait until the app answers. A deploy takes ~30-60 s here; the timeout leaves room for a
+    fresh machine, whose every replica first reads TensorFlow from a cold disk."""
     import requests
 
     subprocess.run([str(BIN / "serve"), "deploy", str(config_path), "--address",
