@@ -27,6 +27,7 @@ from numba import njit, prange
 # kernels it calls from other files, as sampling/fused_steps.py calls these).
 _OPTIONS = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
+GEMV_ROWS = 8  # up to this many rows, a product is a GEMV per row (`matmul`)
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}  # a kernel's `cell` argument
 LSTM, GRU = CELLS["lstm"], CELLS["gru"]
 
@@ -60,14 +61,29 @@ def tanh_array(x):
 
 
 @njit(**_OPTIONS)
-def cell_rows(cell, gates, h, c, recurrent, recurrent_bias):
+def matmul(x, w):
+    """x @ w, by BLAS; with few rows, as one GEMV per row: a GEMM packs `w` first, which with 2
+    to 8 rows costs ~10x a row's GEMV (measured: 2x[128]x[128, 512] 47 us against 8 us as two
+    GEMVs; at 512 units, 776 us against 138)."""
+    if x.shape[0] > GEMV_ROWS:
+        return x @ w
+    out = np.empty((x.shape[0], w.shape[1]), np.float32)
+    for i in range(x.shape[0]):
+        out[i] = np.dot(x[i], w)
+    return out
+
+
+@njit(**_OPTIONS)
+def cell_rows(cell, gates, h_in, h, c, recurrent, recurrent_bias):
     """One cell step for every row, in place: `gates` is the input side (x @ kernel + bias,
-    [rows, gates * units]), `h` (and `c`, LSTM) the rows' state. Each loop reads and writes
-    one fresh array, which LLVM vectorises (through a view shared with another array it did
-    not: measured 2x slower)."""
+    [rows, gates * units]), `h_in` the rows' whole state before the step (the recurrent
+    GEMM's input), `h` (and `c`, LSTM) the state of the units this call updates: `h_in` itself,
+    or a copy of some of its columns (`step_units`) with `gates` and `recurrent` cut to them.
+    Each loop reads and writes one fresh array, which LLVM vectorises (through a view shared
+    with another array it did not: measured 2x slower)."""
     units, half, one = h.shape[1], np.float32(0.5), np.float32(1.0)
     if cell == LSTM:  # t: i, f, o (halved), then the candidate
-        t = gates + h @ recurrent
+        t = gates + matmul(h_in, recurrent)
         for i in range(h.shape[0]):
             for j in range(4 * units):
                 t[i, j] = _tanh(t[i, j])
@@ -77,7 +93,7 @@ def cell_rows(cell, gates, h, c, recurrent, recurrent_bias):
                 c[i, j] = state
                 h[i, j] = (half * t[i, 2 * units + j] + half) * _tanh(state)
     elif cell == GRU:  # z, r (halved), then h; reset_after: r gates the recurrent term
-        hidden = h @ recurrent + recurrent_bias
+        hidden = matmul(h_in, recurrent) + recurrent_bias
         t = gates[:, :2 * units] + hidden[:, :2 * units]
         for i in range(h.shape[0]):
             for j in range(2 * units):
@@ -88,7 +104,7 @@ def cell_rows(cell, gates, h, c, recurrent, recurrent_bias):
                                   + (half * t[i, units + j] + half) * hidden[i, 2 * units + j])
                 h[i, j] = z * h[i, j] + (one - z) * candidate
     else:
-        t = gates + h @ recurrent
+        t = gates + matmul(h_in, recurrent)
         for i in range(h.shape[0]):
             for j in range(units):
                 h[i, j] = _tanh(t[i, j])
@@ -103,7 +119,7 @@ def layer_inputs(table, kernels, biases, layer, ids, x):
         for i in range(ids.shape[0]):
             gates[i] = table[ids[i]]
         return gates
-    gates = x @ kernels[layer - 1]
+    gates = matmul(x, kernels[layer - 1])
     for i in range(gates.shape[0]):
         gates[i] += biases[layer - 1]
     return gates
@@ -111,7 +127,7 @@ def layer_inputs(table, kernels, biases, layer, ids, x):
 
 @njit(**_OPTIONS)
 def output_logits(x, out_kernel, out_bias):
-    logits = x @ out_kernel
+    logits = matmul(x, out_kernel)
     for i in range(logits.shape[0]):
         logits[i] += out_bias
     return logits
@@ -131,7 +147,7 @@ def step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_ke
         for i in range(rows):
             h[i] = hs[layer, slots[i]]
             c[i] = cs[layer, slots[i]]
-        cell_rows(cell, gates, h, c, recurrents[layer], recurrent_biases[layer])
+        cell_rows(cell, gates, h, h, c, recurrents[layer], recurrent_biases[layer])
         for i in range(rows):
             hs[layer, slots[i]] = h[i]
             cs[layer, slots[i]] = c[i]
@@ -149,6 +165,50 @@ def step_parts(parts, cell, table, kernels, biases, recurrents, recurrent_biases
                   out_bias, hs, cs, slots[first:end], ids[first:end], logits[first:end])
 
 
+@njit(parallel=True, **_OPTIONS)
+def step_units(parts, cell, tables, kernels, biases, recurrents, recurrent_biases, out_kernel,
+               out_bias, hs, cs, slots, ids, logits):
+    """`step_rows` with each layer's units split into `parts` equal runs, one per thread: the
+    weights come cut by `split_units` ([parts, ...], part p's gate columns for its units), so
+    each thread reads only its part of them, and all the rows. A big model's step is bound by
+    reading its weights (2x512: 12 MB a step), which a split of the rows has every thread read
+    whole. The cost is a join per layer: the next layer needs every unit."""
+    rows, units = slots.shape[0], hs.shape[2]
+    share = units // parts
+    x = np.empty((rows, units), np.float32)  # the layer below's output
+    for layer in range(hs.shape[0]):
+        h_in = np.empty((rows, units), np.float32)
+        for i in range(rows):
+            h_in[i] = hs[layer, slots[i]]
+        for part in prange(parts):
+            first, end = part * share, (part + 1) * share
+            gates = layer_inputs(tables[part], kernels[part], biases[part], layer, ids, x)
+            h = np.empty((rows, share), np.float32)
+            c = np.empty((rows, share), np.float32)
+            for i in range(rows):
+                h[i] = h_in[i, first:end]
+                c[i] = cs[layer, slots[i], first:end]
+            cell_rows(cell, gates, h_in, h, c, recurrents[part, layer],
+                      recurrent_biases[part, layer])
+            for i in range(rows):
+                hs[layer, slots[i], first:end] = h[i]
+                cs[layer, slots[i], first:end] = c[i]
+        for i in range(rows):
+            x[i] = hs[layer, slots[i]]
+    logits[:] = output_logits(x, out_kernel, out_bias)
+
+
+def split_units(weights: np.ndarray, parts: int, gates: int) -> np.ndarray:
+    """Gate columns `[..., gates * units]` (each gate's units together) cut into `parts` runs of
+    units: `[parts, ..., gates * units / parts]`, part p holding every gate's columns for its
+    units, in the gates' order (what `cell_rows` reads)."""
+    units = weights.shape[-1] // gates
+    share = units // parts
+    cut = weights.reshape(*weights.shape[:-1], gates, parts, share)
+    cut = np.moveaxis(cut, -2, 0)  # [parts, ..., gates, share]
+    return np.ascontiguousarray(cut.reshape(parts, *weights.shape[:-1], gates * share))
+
+
 @njit(**_OPTIONS)
 def prefill_positions(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
                       out_bias, hs, cs, slot, ids):
@@ -162,7 +222,7 @@ def prefill_positions(cell, table, kernels, biases, recurrents, recurrent_biases
         h = hs[layer, slot:slot + 1].copy()
         c = cs[layer, slot:slot + 1].copy()
         for p in range(positions):
-            cell_rows(cell, gates[p:p + 1], h, c, recurrents[layer], recurrent_biases[layer])
+            cell_rows(cell, gates[p:p + 1], h, h, c, recurrents[layer], recurrent_biases[layer])
             x[p] = h[0]
         hs[layer, slot] = h[0]
         cs[layer, slot] = c[0]

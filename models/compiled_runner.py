@@ -27,13 +27,18 @@ from models.step_cells import StepWeights, WeightsView
 # Fewer rows than this per core and a step runs on one core: with a handful of rows the step
 # is a few microseconds of GEMV, and waking the other core and joining it costs about as much.
 MIN_ROWS_PER_CORE = 8
+# A layer's recurrent weights this big or bigger and a step splits its units, not its rows, over the
+# cores (`units_split_pays`): a core's L2 cache here is 1 MiB.
+UNITS_SPLIT_BYTES = 1 << 20
 
 
 class CompiledStepRunner(WeightsView):
     name = "compiled"
     device = "CPU"
 
-    def __init__(self, weights: StepWeights):
+    def __init__(self, weights: StepWeights, split_units: bool | None = None):
+        """`split_units`: how a step spreads over the cores, by units (True) or by rows
+        (False); None: by units when the model is big enough to gain (`units_split_pays`)."""
         self.weights = weights
         layers = weights.layers
         self.cell = compiled_cells.CELLS[weights.config.cell]
@@ -47,13 +52,22 @@ class CompiledStepRunner(WeightsView):
              else layer.recurrent_bias for layer in layers], None)
         self.hs = self.cs = np.zeros((len(layers), 0, layers[0].units), np.float32)
         self.cores = numba.config.NUMBA_NUM_THREADS
+        # A big model's step splits its units over the cores, each reading its part of the
+        # weights (compiled_cells.step_units); a small one's splits its rows.
+        self.splits_units = (units_split_pays(weights, self.cores) if split_units is None
+                             else split_units)
+        if self.splits_units:
+            gates, cut = width // layers[0].units, compiled_cells.split_units
+            self.cut_weights = tuple(cut(w, self.cores, gates) for w in (
+                weights.input_table, self.kernels, self.biases, self.recurrents,
+                self.recurrent_biases))
         self._compiled_once()
         single_threaded_blas()  # after the first call: SciPy's BLAS, which numba's `@` uses,
         # is loaded by then
 
     @classmethod
-    def from_model(cls, model, config) -> CompiledStepRunner:
-        return cls(StepWeights.from_model(model, config))
+    def from_model(cls, model, config, **options) -> CompiledStepRunner:
+        return cls(StepWeights.from_model(model, config), **options)
 
     def allocate(self, slots: int) -> None:
         """Reserve state for `slots` concurrent sequences (all zero)."""
@@ -75,7 +89,12 @@ class CompiledStepRunner(WeightsView):
         slots = np.ascontiguousarray(slots, np.int64)
         ids = np.ascontiguousarray(ids, np.int64)
         logits = np.empty((len(slots), self.vocab_size), np.float32)
-        self.run_parallel(compiled_cells.step_parts, len(slots), slots, ids, logits)
+        if self.splits_units:
+            with _PARALLEL_CALLS:
+                compiled_cells.step_units(self.cores, self.cell, *self.cut_weights,
+                                          *self.kernel_arguments()[-4:], slots, ids, logits)
+        else:
+            self.run_parallel(compiled_cells.step_parts, len(slots), slots, ids, logits)
         return logits
 
     def run_parallel(self, kernel, rows: int, *arguments) -> None:
@@ -91,13 +110,25 @@ class CompiledStepRunner(WeightsView):
                                                 np.ascontiguousarray(ids, np.int64))
 
     def _compiled_once(self) -> None:
-        """Compile (or load from the cache) both kernels for these argument types now, at
-        model load, not in the first request: a cold compile takes seconds."""
+        """Compile (or load from the cache) the kernels for these argument types now, at
+        model load, not in the first request: a cold compile takes seconds. A lone row's step
+        is split by rows (into one part) whichever way a full batch's is."""
         saved = self.hs, self.cs
         self.allocate(2 * MIN_ROWS_PER_CORE)
         self.step(np.arange(2 * MIN_ROWS_PER_CORE), np.zeros(2 * MIN_ROWS_PER_CORE, np.int64))
+        self.step(np.zeros(1, np.int64), np.zeros(1, np.int64))
         self.prefill(0, np.zeros(2, np.int64))
         self.hs, self.cs = saved
+
+
+def units_split_pays(weights: StepWeights, cores: int) -> bool:
+    """Whether a step of this model is faster split by units than by rows: when a layer's
+    recurrent weights outgrow a core's cache, so that each core reading all of them (a split
+    by rows) costs more than a join per layer. Measured in BENCHMARKS.md (Sampling engine:
+    fifth pass)."""
+    recurrent = weights.layers[0].recurrent
+    return (cores > 1 and weights.layers[0].units % cores == 0
+            and recurrent.nbytes >= UNITS_SPLIT_BYTES)
 
 
 # The steps of two engines in one process (two models in a replica) take turns: each already
@@ -115,8 +146,9 @@ def compile_kernels() -> CompiledStepRunner:
     from models.charrnn import build_charrnn
     from models.config import CharRNNConfig
 
-    config = CharRNNConfig(vocab_size=4, lstm_size=8, num_layers=2)
-    return CompiledStepRunner.from_model(build_charrnn(config), config)
+    config = CharRNNConfig(vocab_size=4, lstm_size=8 * numba.config.NUMBA_NUM_THREADS,
+                           num_layers=2)
+    return CompiledStepRunner.from_model(build_charrnn(config), config, split_units=True)
 
 
 def _stack(arrays: list, empty_shape: tuple | None) -> np.ndarray:

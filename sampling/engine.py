@@ -78,6 +78,9 @@ class SamplingEngine:
         self.scheduler = Scheduler(max_batch, max_waiting)
         runner.allocate(max_batch)
         self.table = SlotTable(max_batch)
+        # The compiled runner splitting its rows over the cores fuses steps; a big model's
+        # step, split by units, takes a fused call's whole time alone.
+        self._fuses = isinstance(runner, CompiledStepRunner) and not runner.splits_units
         self._load_kernels()
         self.start_id = vocab.encode("\n")[0] if "\n" in vocab.chars else 0
         # Each id's character as a UTF-32 code unit: a hop's ids become text in one decode.
@@ -111,7 +114,7 @@ class SamplingEngine:
         model load, not in a request: each is read from numba's cache at its first call."""
         no_slots = np.zeros(0, np.int64)
         self.table.sample(np.zeros((0, self.vocab.size), np.float32), no_slots)
-        if isinstance(self.runner, CompiledStepRunner):
+        if self._fuses:
             run_fused_steps(self.runner, self.table, no_slots, 0)
 
     @property
@@ -167,8 +170,8 @@ class SamplingEngine:
 
     def _fusable(self, batch: _Batch) -> bool:
         """Whether the next steps can run as one compiled call (sampling/fused_steps.py):
-        the compiled runner, and nothing per character in Python."""
-        return (isinstance(self.runner, CompiledStepRunner) and not batch.any_slow
+        a runner that fuses steps, and nothing per character in Python."""
+        return (self._fuses and not batch.any_slow
                 and not (self.table.prompt_left[batch.index] > 1).any())
 
     def _fused(self, batch: _Batch) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,13 @@ from models.vocab import Vocab
 from registry import Registry, Settings
 
 ENGINE_VOCAB = Vocab.from_text("abcdefgh \n", 100)  # the engine tests' alphabet
+# The host step runners' builders, from (model, config): NumPy, and compiled with its step split
+# over the cores by rows (as a tiny model's is by default) or by units (as a big model's is).
+HOST_RUNNERS = {"numpy": StepRunner.from_model, "compiled": CompiledStepRunner.from_model,
+                "compiled-units": partial(CompiledStepRunner.from_model, split_units=True)}
 
 
-@pytest.fixture(scope="module", params=[StepRunner, CompiledStepRunner], ids=["numpy", "compiled"])
+@pytest.fixture(scope="module", params=HOST_RUNNERS.values(), ids=HOST_RUNNERS)
 def runner_factory(request):
     """Fresh step runners of one tiny random-weight char-RNN over ENGINE_VOCAB, each host
     runner in turn."""
@@ -24,7 +30,7 @@ def runner_factory(request):
     rng = np.random.default_rng(1)
     for weight in model.weights:
         weight.assign(rng.normal(0, 0.5, weight.shape).astype(np.float32))
-    return lambda: request.param.from_model(model, config)
+    return lambda: request.param(model, config)
 
 
 # The registry tests' database: each test runs on every supported backend.

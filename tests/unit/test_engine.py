@@ -13,6 +13,11 @@ from sampling import engine as engine_module
 from tests.unit.conftest import ENGINE_VOCAB as VOCAB
 
 
+def fuses_steps(runner) -> bool:
+    """Only the compiled runner splitting its rows fuses steps (sampling/fused_steps.py)."""
+    return isinstance(runner, CompiledStepRunner) and not runner.splits_units
+
+
 def run(coroutine_factory, runner_factory, **engine_args):
     async def main():
         engine = SamplingEngine(runner_factory(), VOCAB, **engine_args)
@@ -72,8 +77,8 @@ def test_fused_steps_give_the_text_of_single_steps(runner_factory, monkeypatch):
     monkeypatch.setattr(engine_module, "run_fused_steps",
                         lambda *a: fused_calls.append(a[-1]) or run_fused(*a))
     fused = run(go, runner_factory)
-    if not isinstance(runner_factory(), CompiledStepRunner):
-        assert not fused_calls  # only the compiled runner fuses steps
+    if not fuses_steps(runner_factory()):
+        assert not fused_calls
         return
     # Several steps per call; every step fused but the first, which feeds the prime's "a".
     assert max(fused_calls) > 1 and sum(fused_calls) == 299
@@ -87,8 +92,8 @@ def test_a_grown_batch_gets_fewer_fused_steps_a_call(runner_factory, monkeypatch
     that ran alone, the next call plans its steps as if a step cost 64 times the lone one's,
     rather than running as many steps as fit at the lone pace (each then costing far more)."""
     engine = SamplingEngine(runner_factory(), VOCAB)
-    if not isinstance(engine.runner, CompiledStepRunner):
-        return  # only the compiled runner fuses steps
+    if not fuses_steps(engine.runner):
+        return
     calls = []
     run_fused = engine_module.run_fused_steps
     monkeypatch.setattr(engine_module, "run_fused_steps",

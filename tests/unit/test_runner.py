@@ -1,22 +1,21 @@
-"""The host step runners (NumPy, and compiled with numba) reproduce the Keras network step by
-step (no Ray)."""
+"""The host step runners (NumPy, and compiled with numba, its step split over the cores by rows
+or by units) reproduce the Keras network step by step (no Ray)."""
 
 import numpy as np
 import pytest
 
 from models.charrnn import build_charrnn
 from models.compiled_cells import tanh_array
-from models.compiled_runner import CompiledStepRunner
+from models.compiled_runner import CompiledStepRunner, units_split_pays
 from models.config import CharRNNConfig
-from models.runner import StepRunner
+from models.step_cells import StepWeights
+from tests.unit.conftest import HOST_RUNNERS
 
-HOST_RUNNERS = [StepRunner, CompiledStepRunner]
 
-
-@pytest.mark.parametrize("runner_class", HOST_RUNNERS)
+@pytest.mark.parametrize("build", HOST_RUNNERS.values(), ids=HOST_RUNNERS)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("use_embedding", [False, True])
-def test_runner_matches_keras_logits(runner_class, cell, use_embedding):
+def test_runner_matches_keras_logits(build, cell, use_embedding):
     config = CharRNNConfig(vocab_size=23, cell=cell, num_layers=2, lstm_size=16,
                            use_embedding=use_embedding, embedding_size=8)
     model = build_charrnn(config)
@@ -26,7 +25,7 @@ def test_runner_matches_keras_logits(runner_class, cell, use_embedding):
     ids = rng.integers(0, 23, size=(3, 12)).astype(np.int32)
     expected = np.asarray(model(ids, training=False))
 
-    runner = runner_class.from_model(model, config)
+    runner = build(model, config)
     runner.allocate(5)
     slots = np.array([4, 0, 2])  # arbitrary slots: rows must not mix
     for t in range(ids.shape[1]):
@@ -45,10 +44,10 @@ def test_runner_matches_keras_logits(runner_class, cell, use_embedding):
                                    expected_next, atol=1e-4)
 
 
-@pytest.mark.parametrize("runner_class", HOST_RUNNERS)
-def test_reset_clears_only_that_slot(runner_class):
+@pytest.mark.parametrize("build", HOST_RUNNERS.values(), ids=HOST_RUNNERS)
+def test_reset_clears_only_that_slot(build):
     config = CharRNNConfig(vocab_size=10, lstm_size=8, num_layers=1)
-    runner = runner_class.from_model(build_charrnn(config), config)
+    runner = build(build_charrnn(config), config)
     runner.allocate(2)
     slots, ids = np.array([0, 1]), np.array([3, 4])
     first = runner.step(slots, ids)
@@ -58,12 +57,16 @@ def test_reset_clears_only_that_slot(runner_class):
     assert not np.allclose(again[1], first[1])  # slot 1 went on from its state
 
 
-def test_a_batch_split_over_the_cores_gives_each_row_its_own_sequence():
-    """The compiled step spreads a large batch's rows over the cores: each row's logits are
-    those of the same sequence stepped alone."""
-    config = CharRNNConfig(vocab_size=30, lstm_size=32, num_layers=2)
+@pytest.mark.parametrize("split_units", [False, True])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_batch_split_over_the_cores_gives_each_row_its_own_sequence(split_units, cell):
+    """The compiled step spreads a large batch over the cores (by rows, or by units) and runs
+    its products as GEMMs (a lone row's as a GEMV): each row's logits are those of the same
+    sequence stepped alone."""
+    config = CharRNNConfig(vocab_size=30, lstm_size=32, num_layers=2, cell=cell)
     model = build_charrnn(config)
-    batched, alone = (CompiledStepRunner.from_model(model, config) for _ in range(2))
+    batched, alone = (CompiledStepRunner.from_model(model, config, split_units=split_units)
+                      for _ in range(2))
     batched.allocate(64)
     alone.allocate(64)
     rng = np.random.default_rng(2)
@@ -74,6 +77,17 @@ def test_a_batch_split_over_the_cores_gives_each_row_its_own_sequence():
         for row in (0, 31, 32, 63):
             np.testing.assert_allclose(logits[row], alone.step(slots[row:row + 1],
                                                                ids[row:row + 1])[0], atol=1e-6)
+
+
+def test_only_a_big_model_splits_its_units():
+    """By units from 2x256 up (a layer's recurrent weights 1 MiB or more, measured faster at
+    every batch size), by rows below, where fused steps gain more (BENCHMARKS.md)."""
+    for units, expected in ((128, False), (256, True), (512, True)):
+        config = CharRNNConfig(vocab_size=30, lstm_size=units, num_layers=2)
+        weights = StepWeights.from_model(build_charrnn(config), config)
+        assert units_split_pays(weights, cores=2) == expected
+        assert not units_split_pays(weights, cores=1)  # one core: nothing to split
+    assert not units_split_pays(weights, cores=3)  # 512 units do not split evenly in three
 
 
 def test_the_compiled_tanh_is_within_float32_rounding():
