@@ -229,7 +229,7 @@ def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[i
         runner = make_runner(model)
         result["runners"][label] = {
             "device": runner.device, "jit_compile": getattr(runner, "jit_compile", None),
-            "step_us": {n: step_microseconds(runner, n) for n in (1, 64, 256)},
+            "step_us": {n: step_microseconds(runner, n) for n in (1, 4, 8, 64, 256)},
             # Best of 5: a small model's 64-stream run lasts ~0.15 s, one host stall from half.
             "engine": {n: best_engine_chars_per_s(runner, vocab, n, 2000 if n == 1 else length,
                                                   tries=5)

@@ -28,7 +28,8 @@ class GeneratorMetrics:
             "of a request after its first", boundaries=[b / 10 for b in LATENCY_BUCKETS],
             tag_keys=model)
         self.batch_occupancy = metrics.Histogram(
-            "rnnserve_batch_occupancy", description="sequences in each batched sampling step",
+            "rnnserve_batch_occupancy",
+            description="sequences in each batched sampling call (a step, or several fused steps)",
             boundaries=OCCUPANCY_BUCKETS, tag_keys=model)
         self.queue_depth = metrics.Gauge("rnnserve_queue_depth",
                                          description="requests waiting for a batch slot",

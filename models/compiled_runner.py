@@ -24,9 +24,10 @@ from models import compiled_cells
 from models.runner import single_threaded_blas
 from models.step_cells import StepWeights, WeightsView
 
-# Fewer rows than this per core and a step runs on one core: with a handful of rows the step
-# is a few microseconds of GEMV, and waking the other core and joining it costs about as much.
-MIN_ROWS_PER_CORE = 8
+# Fewer rows than this per core and a step runs on fewer cores. A row costs ~15 us of GEMVs
+# (2x128) and waking a core and joining it a few: 4 rows take 47 us on two cores against 76 on
+# one, 9 rows 92 against 234 (with 8 rows a core, the old bound, 9 rows ran as one GEMM).
+MIN_ROWS_PER_CORE = 2
 # A layer's recurrent weights this big or bigger and a step splits its units, not its rows, over the
 # cores (`units_split_pays`): a core's L2 cache here is 1 MiB.
 UNITS_SPLIT_BYTES = 1 << 20

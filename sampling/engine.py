@@ -86,7 +86,8 @@ class SamplingEngine:
         # Each id's character as a UTF-32 code unit: a hop's ids become text in one decode.
         self._char_units = np.array(vocab.chars, dtype="<U1")
         self.handles: dict[int, SequenceHandle] = {}  # by request id, until its end is delivered
-        self.occupancy: list[int] = []  # batch size of each step delivered since the last drain
+        # Batch size of each call (a step, or fused steps) delivered since the last drain.
+        self.occupancy: list[int] = []
         self._batch: _Batch | None = None  # the running sequences as arrays; None: changed
         self._prefilling: list[Sequence] = []  # running, with more prompt than the next id
         # Seconds per fused step (0: not measured yet, one step a call), as measured on a batch
@@ -191,7 +192,7 @@ class SamplingEngine:
         self._fused_pace = expected + (pace - expected) / 4 if expected else pace
         self._fused_pace_rows = rows
         self._pending.sampled.append((np.tile(table.owner[batch.index], steps), chosen.ravel()))
-        self._pending.occupancy += [rows] * steps
+        self._pending.occupancy.append(rows)  # once per call: each is a metric observation
         for row in np.flatnonzero(table.generated[batch.index] >= table.max_length[batch.index]):
             self._retire(batch.sequences[row], "length")
         return rows * steps

@@ -19,7 +19,7 @@ class StepOutput:
         self.chars: dict[int, list[str]] = {}  # the others' released characters
         self.logprobs: dict[int, list[tuple]] = {}  # theirs, when asked
         self.ended: list[tuple[int, str]] = []  # (request id, reason), after their text
-        self.occupancy: list[int] = []  # sequences in each step
+        self.occupancy: list[int] = []  # sequences in each call (a step, or fused steps)
 
     def release(self, request_id: int, released: list[tuple[str, tuple | None]],
                 with_logprobs: bool) -> None:
