@@ -24,7 +24,9 @@ $(BIN)/.installed: pyproject.toml
 # tests has to wait ~25 s for a compile.
 # The old cache goes first: numba checks only the file that defines a kernel, so the fused
 # steps' cached code would outlive a change to the cells or the sampler it calls.
-KERNELS := models/compiled_cells.py sampling/sampler.py sampling/fused_steps.py
+# compiled_runner.py and fused_steps.py hold the `compile_kernels` that make runs.
+KERNELS := models/compiled_cells.py models/compiled_runner.py sampling/sampler.py \
+  sampling/fused_steps.py
 $(BIN)/.kernels: $(BIN)/.installed $(KERNELS)
 	rm -f $(addsuffix __pycache__/*.nbi,$(sort $(dir $(KERNELS)))) \
 	  $(addsuffix __pycache__/*.nbc,$(sort $(dir $(KERNELS))))

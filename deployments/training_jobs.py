@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from deployments.errors import ApiError
 from deployments.limits import Limits
-from registry import ACTIVE, Registry, Settings, VersionRecord, parse_model_ref
+from registry import ACTIVE, Conflict, Registry, Settings, VersionRecord, parse_model_ref
 from trainers.families import Family, TrainingParams
 
 logger = logging.getLogger("ray.serve")
@@ -152,18 +152,24 @@ class TrainingJobs:
         changes = []
         for record in self.registry.versions_with_status(ACTIVE):
             if not record.job_id:
-                ended = self._never_submitted(record)
+                overdue, ended = None, self._never_submitted(record)
             else:
-                ended = self._overdue(record) or self._job_end(record.job_id)
+                overdue = self._overdue(record)
+                ended = overdue or self._job_end(record.job_id)
             if ended is None:
                 continue
             # Re-read: the trainer may have finished between the two reads.
             if self.registry.get_version(record.name, record.version).status not in ACTIVE:
                 continue
             new_status, message = ended
-            self.registry.end_version(record.name, record.version, new_status,
-                                      f"job {record.job_id}: {message}")
+            try:
+                self.registry.end_version(record.name, record.version, new_status,
+                                          f"job {record.job_id}: {message}")
+            except Conflict:  # the trainer recorded its own end since the re-read
+                continue
             changes.append((record.name, record.version, new_status))
+            if overdue:  # stopped after its version failed: the trainer, stopped, finds it
+                self._stop_overdue(record.job_id)  # ended and leaves it so (not "cancelled")
         return changes
 
     def _never_submitted(self, record: VersionRecord) -> tuple[str, str] | None:
@@ -179,12 +185,14 @@ class TrainingJobs:
         timeout_s = float(record.params.get("timeout_s") or 0)
         if not timeout_s or _age_s(record) <= timeout_s:
             return None
-        try:
-            self.client.stop_job(record.job_id)
-        except Exception as error:  # noqa: BLE001 - already gone, or the server is away
-            logger.warning("stopping overdue job %s: %s", record.job_id, error)
         return "failed", (f"stopped: past its wall-clock limit, still running {timeout_s:g} s "
                           "after submission (timeout_s)")
+
+    def _stop_overdue(self, job_id: str) -> None:
+        try:
+            self.client.stop_job(job_id)
+        except Exception as error:  # noqa: BLE001 - already gone, or the server is away
+            logger.warning("stopping overdue job %s: %s", job_id, error)
 
     def _job_end(self, job_id: str) -> tuple[str, str] | None:
         """(version status, reason) once the job has ended; None while it runs or while the

@@ -54,7 +54,8 @@ class CompiledStepRunner(WeightsView):
         self.hs = self.cs = np.zeros((len(layers), 0, layers[0].units), np.float32)
         self.cores = numba.config.NUMBA_NUM_THREADS
         # A big model's step splits its units over the cores, each reading its part of the
-        # weights (compiled_cells.step_units); a small one's splits its rows.
+        # weights (compiled_cells.step_units); a small one's splits its rows. The cut weights
+        # are a second copy (a 2x512's: 12 MB): the prefill reads the whole ones.
         self.splits_units = (units_split_pays(weights, self.cores) if split_units is None
                              else split_units)
         if self.splits_units:
@@ -112,12 +113,10 @@ class CompiledStepRunner(WeightsView):
 
     def _compiled_once(self) -> None:
         """Compile (or load from the cache) the kernels for these argument types now, at
-        model load, not in the first request: a cold compile takes seconds. A lone row's step
-        is split by rows (into one part) whichever way a full batch's is."""
+        model load, not in the first request: a cold compile takes seconds."""
         saved = self.hs, self.cs
         self.allocate(2 * MIN_ROWS_PER_CORE)
         self.step(np.arange(2 * MIN_ROWS_PER_CORE), np.zeros(2 * MIN_ROWS_PER_CORE, np.int64))
-        self.step(np.zeros(1, np.int64), np.zeros(1, np.int64))
         self.prefill(0, np.zeros(2, np.int64))
         self.hs, self.cs = saved
 
@@ -142,14 +141,17 @@ def compile_kernels() -> CompiledStepRunner:
     """Compile the runner's kernels into numba's on-disk cache (sampling/fused_steps.py's
     `compile_kernels`, which `make` runs whenever they change, adds the engine's): the first
     process to need them then loads them (~1 s) instead of compiling them (~25 s), so no
-    replica's first model load or test waits for a compile. One runner covers every model: the
-    kernels take the cell and the sizes as arguments of the same types. Returns that runner."""
+    replica's first model load or test waits for a compile. One tiny model covers every model:
+    the kernels take the cell and the sizes as arguments of the same types. Its runner is built
+    twice, the step split by units and by rows; returns the one split by rows."""
     from models.charrnn import build_charrnn
     from models.config import CharRNNConfig
 
     config = CharRNNConfig(vocab_size=4, lstm_size=8 * numba.config.NUMBA_NUM_THREADS,
                            num_layers=2)
-    return CompiledStepRunner.from_model(build_charrnn(config), config, split_units=True)
+    model = build_charrnn(config)
+    CompiledStepRunner.from_model(model, config, split_units=True)
+    return CompiledStepRunner.from_model(model, config, split_units=False)
 
 
 def _stack(arrays: list, empty_shape: tuple | None) -> np.ndarray:

@@ -5,8 +5,9 @@ On a GPU the TensorFlow step is what puts the work on the device. On a CPU the c
 runner (models/compiled_runner.py: one GIL-free call a step, or several with the engine's fused
 steps, spread over every core by rows or, for a big model, by units) beat both others at every
 size measured (BENCHMARKS.md, Sampling engine; engine at 64 streams, 2x128: ~125-200k chars/s
-against NumPy's ~70-120k and TensorFlow's ~40-60k; 2x512: ~13-15k against ~9k and ~8-9k). The NumPy runner stays as the
-reference that needs no compiler, and `numpy`/`tensorflow` force either."""
+against NumPy's ~70-120k and TensorFlow's ~40-60k; 2x512: ~13-15k against ~9k and ~8-9k).
+The NumPy runner stays as the reference that needs no compiler, and `numpy`/`tensorflow` force
+either."""
 
 from __future__ import annotations
 

@@ -62,6 +62,28 @@ def test_timeout_counts_from_submission_even_when_no_step_runs(tmp_path):
     assert any("timeout_s" in line for line in registry.read_logs("slow", 1))
 
 
+def test_an_overdue_version_fails_before_its_job_is_stopped(tmp_path):
+    """A trainer that is stopped records its version `cancelled` unless it has ended already:
+    stopped first, an overdue run raced the sync and ended `cancelled` (seen in a test run).
+    The job server here is a stand-in that records when the stop comes."""
+    settings = Settings.from_env(storage=str(tmp_path / "storage"),
+                                 db_url=f"sqlite:///{tmp_path}/registry.db")
+    registry = Registry(settings)
+    registry.create_version("slow", params={"timeout_s": 0.1})
+    registry.update_version("slow", 1, job_id="rnnserve-slow-v1-0000")
+    jobs = TrainingJobs(registry, settings, Limits(), "http://127.0.0.1:1")
+    status_when_stopped = []
+
+    class JobServer:
+        def stop_job(self, job_id):
+            status_when_stopped.append((job_id, registry.get_version("slow", 1).status))
+
+    jobs._client = JobServer()
+    time.sleep(0.2)
+    assert jobs.sync_statuses() == [("slow", 1, "failed")]
+    assert status_when_stopped == [("rnnserve-slow-v1-0000", "failed")]
+
+
 def test_a_version_whose_job_was_never_submitted_fails_after_a_while(tmp_path, monkeypatch):
     import deployments.training_jobs as training_jobs
 
