@@ -28,8 +28,8 @@ from models.step_cells import StepWeights, WeightsView
 # (2x128) and waking a core and joining it a few: 4 rows take 47 us on two cores against 76 on
 # one, 9 rows 92 against 234 (with 8 rows a core, the old bound, 9 rows ran as one GEMM).
 MIN_ROWS_PER_CORE = 2
-# A layer's recurrent weights this big or bigger and a step splits its units, not its rows, over the
-# cores (`units_split_pays`): a core's L2 cache here is 1 MiB.
+# A layer's recurrent weights this big or bigger and a step splits its units, not its rows, over
+# the cores (`units_split_pays`): from 2x256 up, measured faster at every batch size.
 UNITS_SPLIT_BYTES = 1 << 20
 
 
@@ -94,7 +94,8 @@ class CompiledStepRunner(WeightsView):
         if self.splits_units:
             with _PARALLEL_CALLS:
                 compiled_cells.step_units(self.cores, self.cell, *self.cut_weights,
-                                          *self.kernel_arguments()[-4:], slots, ids, logits)
+                                          self.weights.out_kernel, self.weights.out_bias,
+                                          self.hs, self.cs, slots, ids, logits)
         else:
             self.run_parallel(compiled_cells.step_parts, len(slots), slots, ids, logits)
         return logits
@@ -122,10 +123,10 @@ class CompiledStepRunner(WeightsView):
 
 
 def units_split_pays(weights: StepWeights, cores: int) -> bool:
-    """Whether a step of this model is faster split by units than by rows: when a layer's
-    recurrent weights outgrow a core's cache, so that each core reading all of them (a split
-    by rows) costs more than a join per layer. Measured in BENCHMARKS.md (Sampling engine:
-    fifth pass)."""
+    """Whether a step of this model is faster split by units than by rows: when its weights
+    are big enough that each core reading all of them (a split by rows) costs more than a join
+    per layer. The threshold is measured, not derived (BENCHMARKS.md, Sampling engine: fifth
+    pass)."""
     recurrent = weights.layers[0].recurrent
     return (cores > 1 and weights.layers[0].units % cores == 0
             and recurrent.nbytes >= UNITS_SPLIT_BYTES)
