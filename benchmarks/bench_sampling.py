@@ -235,10 +235,10 @@ def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[i
                                                   tries=5)
                        for n in streams},
             "cold_start_first_char_s": cold_start_seconds(model, config, vocab, make_runner)}
-    if long_prime_budgets:
-        result["long_prime_numpy"] = long_prime(
-            lambda m: build_runner(m, config, "numpy"), model, vocab, long_prime_budgets,
-            rounds=1 if quick else 3)
+    if long_prime_budgets:  # on the runner a replica picks here (`runner: auto`)
+        result["long_prime"] = {"runner": choose_runner(), "by_budget": long_prime(
+            lambda m: build_runner(m, config, "auto"), model, vocab, long_prime_budgets,
+            rounds=1 if quick else 3)}
     if baseline:
         result["baseline_64_requests_chars_per_s"] = baseline_chars_per_s(
             model, config, 16 if quick else 64, 50 if quick else 100)
@@ -291,13 +291,15 @@ def report(result: dict) -> None:
             print(f"    engine {n:>3} streams: {rate:>9,.0f} chars/s "
                   f"({rate / result['ceiling_chars_per_s']:.0%} of ceiling{extra})")
         print(f"    cold start to first char: {run['cold_start_first_char_s'] * 1000:.0f} ms")
-    if "long_prime_numpy" in result:
-        report_long_prime(result["long_prime_numpy"])
+    if "long_prime" in result:
+        report_long_prime(result["long_prime"])
 
 
-def report_long_prime(runs: dict) -> None:
+def report_long_prime(long_prime_result: dict) -> None:
+    runs = long_prime_result["by_budget"]
     off = runs[0]
-    print("  long prime (numpy runner): 1,000-char prime arriving while 32 streams generate")
+    print(f"  long prime ({long_prime_result['runner']} runner): 1,000-char prime arriving "
+          "while 32 streams generate")
     for budget, run in runs.items():
         setting = "prefill off" if budget == 0 else f"prefill {budget} chars/step"
         print(f"    {setting:>24}: first char {run['first_char_s'] * 1000:>7,.0f} ms "
