@@ -24,7 +24,9 @@ from models import compiled_cells
 from models.runner import single_threaded_blas
 from models.step_cells import StepWeights, WeightsView
 
-# Fewer rows than this per core and a step runs on fewer cores. A row costs ~15 us of GEMVs
+# Fewer rows than this per core and a step runs on fewer cores; on one, it is a plain call on
+# the engine's thread (a parallel launch wakes every core even for one part: 30 against 34-48 us
+# a 2x128 step of one row, 45-59 against 52-58 of two). A row costs ~15 us of GEMVs
 # (2x128) and waking a core and joining it a few: 4 rows take 47 us on two cores against 76 on
 # one, 9 rows 92 against 234 (with 8 rows a core, the old bound, 9 rows ran as one GEMM).
 MIN_ROWS_PER_CORE = 2
@@ -97,15 +99,21 @@ class CompiledStepRunner(WeightsView):
                                           self.weights.out_kernel, self.weights.out_bias,
                                           self.hs, self.cs, slots, ids, logits)
         else:
-            self.run_parallel(compiled_cells.step_parts, len(slots), slots, ids, logits)
+            self.run_split(compiled_cells.step_rows, compiled_cells.step_parts, len(slots),
+                           slots, ids, logits)
         return logits
 
-    def run_parallel(self, kernel, rows: int, *arguments) -> None:
-        """`kernel(parts, <the model and its state>, *arguments)`, a parallel kernel whose
-        `rows` it splits into `parts`, one per core (one if too few rows to be worth it)."""
-        parts = max(1, min(self.cores, rows // MIN_ROWS_PER_CORE))
+    def run_split(self, rows_kernel, parts_kernel, rows: int, *arguments) -> None:
+        """`parts_kernel(parts, <the model and its state>, *arguments)`, a parallel kernel
+        that splits the `rows` into `parts`, one per core; with too few rows to be worth it,
+        `rows_kernel(<the same>, *arguments)` on this thread alone, without waking the other
+        cores at all (each launch wakes every worker, even for one part)."""
+        parts = min(self.cores, rows // MIN_ROWS_PER_CORE)
+        if parts <= 1:
+            rows_kernel(*self.kernel_arguments(), *arguments)
+            return
         with _PARALLEL_CALLS:
-            kernel(parts, *self.kernel_arguments(), *arguments)
+            parts_kernel(parts, *self.kernel_arguments(), *arguments)
 
     def prefill(self, slot: int, ids: np.ndarray) -> np.ndarray:
         """Feed `ids` one after another to the sequence in `slot`; the logits after each."""
@@ -117,7 +125,8 @@ class CompiledStepRunner(WeightsView):
         model load, not in the first request: a cold compile takes seconds."""
         saved = self.hs, self.cs
         self.allocate(2 * MIN_ROWS_PER_CORE)
-        self.step(np.arange(2 * MIN_ROWS_PER_CORE), np.zeros(2 * MIN_ROWS_PER_CORE, np.int64))
+        for rows in (1, 2 * MIN_ROWS_PER_CORE):  # on this thread, and split over the cores
+            self.step(np.arange(rows), np.zeros(rows, np.int64))
         self.prefill(0, np.zeros(2, np.int64))
         self.hs, self.cs = saved
 

@@ -42,7 +42,7 @@ from models.compiled_runner import CompiledStepRunner
 from models.config import SampleConfig
 from models.runner import StepRunner, slot_rows
 from models.vocab import Vocab
-from sampling.fused_steps import run_fused_steps
+from sampling.fused_steps import load_fused_kernels, run_fused_steps
 from sampling.handle import SequenceHandle
 from sampling.output import StepOutput
 from sampling.sampler import char_logprobs, random_key
@@ -116,7 +116,7 @@ class SamplingEngine:
         no_slots = np.zeros(0, np.int64)
         self.table.sample(np.zeros((0, self.vocab.size), np.float32), no_slots)
         if self._fuses:
-            run_fused_steps(self.runner, self.table, no_slots, 0)
+            load_fused_kernels(self.runner, self.table)
 
     @property
     def queue_depth(self) -> int:

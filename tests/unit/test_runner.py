@@ -61,8 +61,8 @@ def test_reset_clears_only_that_slot(build):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_batch_split_over_the_cores_gives_each_row_its_own_sequence(split_units, cell):
     """The compiled step spreads a large batch over the cores (by rows, or by units) and runs
-    its products as GEMMs (a lone row's as a GEMV): each row's logits are those of the same
-    sequence stepped alone."""
+    its products as GEMMs (a lone row's as a GEMV, on the calling thread alone): each row's
+    logits are those of the same sequence stepped alone."""
     config = CharRNNConfig(vocab_size=30, lstm_size=32, num_layers=2, cell=cell)
     model = build_charrnn(config)
     batched, alone = (CompiledStepRunner.from_model(model, config, split_units=split_units)
