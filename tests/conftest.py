@@ -175,7 +175,7 @@ def deploy_app(ray_cluster: dict, config_path: Path, url: str, timeout: float = 
 
     try:
         wait_for(healthy, timeout, interval=1, what="the Serve app to answer /healthz")
-    except BaseException:
+    except pytest.fail.Exception:  # wait_for timed out (not a Ctrl-C, which ends the run)
         status = subprocess.run([str(BIN / "serve"), "status", "--address", ray_cluster["dashboard"]],
                                 env=ray_cluster["env"], capture_output=True, text=True).stdout
         print(status)

@@ -47,6 +47,11 @@ def ready(serve_app, shakespeare):
         record = wait_status(serve_app, name, version, {"ready", "failed"})
         assert record["status"] == "ready", requests.get(
             f"{serve_app}/models/{name}/versions/{version}/logs").json()
+    # Loaded into a Generator replica now: `assert_alive` times a warm generate, not the
+    # model's first load (4.8 s once, on a busy machine).
+    warm = requests.post(f"{serve_app}/models/{TEXT}/generate", json={"max_length": 1},
+                         timeout=60)
+    assert warm.status_code == 200, warm.text
     return serve_app
 
 
