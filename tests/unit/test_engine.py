@@ -42,14 +42,17 @@ def test_every_request_gets_exactly_its_length(runner_factory):
     assert all(UNKNOWN not in t and set(t) <= set(VOCAB.chars) for t in texts)
 
 
-def test_same_seed_same_text_whatever_shares_the_batch(runner_factory):
+@pytest.mark.parametrize("lengths", [(5, 50), tuple(range(5, 65, 5))])
+def test_same_seed_same_text_whatever_shares_the_batch(runner_factory, lengths):
+    """Two or twelve others in the batch: the compiled runner's products are then GEMVs per
+    row or GEMMs (models/compiled_cells.py: `matmul`), and the rows split over the cores."""
     request = SampleConfig(prime="abc", max_length=40, temperature=0.9, top_k=5, seed=123)
 
     async def alone(engine):
         return await engine.submit(request).result()
 
     async def crowded(engine):
-        others = [engine.submit(SampleConfig(prime="h", max_length=n, seed=n)) for n in (5, 50)]
+        others = [engine.submit(SampleConfig(prime="h", max_length=n, seed=n)) for n in lengths]
         text = await engine.submit(request).result()
         await asyncio.gather(*(o.result() for o in others))
         return text
