@@ -203,12 +203,16 @@ def test_a_client_that_leaves_a_stream_frees_every_slot_of_it(url, ray_cluster):
 
 
 def _open_stream(url: str, source: str) -> http.client.HTTPResponse:
+    """A stream of 10,000 characters from `source`, left unread. With logprobs, so that it
+    stays open for the test's whole window: every character then takes the engine's
+    per-character path, and its events carry five alternatives each (a plain stream of this small model once
+    ended before the 33rd request arrived, on a slow machine, and freed its place)."""
     parts = urlparse(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60,
                                             source_address=(source, 0))
     connection.request("POST", "/v1/completions", headers={"Content-Type": "application/json"},
                        body=json.dumps({"model": BARD, "prompt": "A", "max_tokens": 10_000,
-                                        "stream": True}))
+                                        "stream": True, "logprobs": 5}))
     response = connection.getresponse()
     response.connection = connection
     return response
