@@ -186,7 +186,8 @@ def test_errors_are_the_clients_typed_exceptions(client, url):
 
 def test_a_client_that_leaves_a_stream_frees_every_slot_of_it(url, ray_cluster):
     """Hang up an `n=3` stream after its first event: the engine retires all three sequences
-    as `cancelled` at a step boundary instead of sampling 10,000 characters each for nobody."""
+    as `cancelled` at a step boundary instead of sampling 10,000 characters each for nobody.
+    (With logprobs, as `_open_stream`'s, so that they are still being sampled then.)"""
     def cancelled() -> float:
         return metric_total(ray_cluster["metrics"], "rnnserve_requests_finished_total",
                             model=f"{BARD}:1", reason="cancelled")
@@ -194,7 +195,7 @@ def test_a_client_that_leaves_a_stream_frees_every_slot_of_it(url, ray_cluster):
     before = cancelled()
     response = requests.post(f"{url}/v1/completions", stream=True, timeout=120,
                              json={"model": BARD, "prompt": "KING", "max_tokens": 10_000,
-                                   "n": 3, "stream": True})
+                                   "n": 3, "stream": True, "logprobs": 5})
     assert response.status_code == 200
     assert next(response.iter_lines()).startswith(b"data: {")
     response.close()  # unread body: the connection is dropped
