@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import http.client
+from urllib.parse import urlparse
+
 import requests
 
 from tests.conftest import wait_for
+
+
+def connect_from(url: str, source: str, timeout: float = 60) -> http.client.HTTPConnection:
+    """A connection to the app at `url` from the address `source`: all of 127/8 is this
+    machine, and each address is a client of its own to the rate and in-flight limits."""
+    parts = urlparse(url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout,
+                                      source_address=(source, 0))
+
 
 # A model small enough to train in well under a minute on this 2-core machine.
 TRAIN_FORM = {"max_steps": "40", "lstm_size": "48", "num_layers": "2", "num_seqs": "16",

@@ -9,13 +9,12 @@ import json
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlparse
 
 import pytest
 import requests
 
 from tests.conftest import wait_for
-from tests.integration.api import upload, wait_status
+from tests.integration.api import connect_from, upload, wait_status
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +36,7 @@ def slow_model(serve_app, shakespeare):
 
 def open_stream(url: str, source: str = "127.0.0.1") -> http.client.HTTPResponse:
     """A long generation, streamed from the address `source`, left open after its headers."""
-    parts = urlparse(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60,
-                                            source_address=(source, 0))
+    connection = connect_from(url, source)
     connection.request("POST", f"/models/{SLOW}/generate",
                        body=b'{"max_length": 10000, "stream": true, "seed": 1}',
                        headers={"Content-Type": "application/json"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import urlparse
 
 import httpx2
 import openai
@@ -13,7 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import wait_for
-from tests.integration.api import generate, metric_total
+from tests.integration.api import connect_from, generate, metric_total
 from tests.integration.protocol_models import ready_charrnn, ready_classifier, ready_copies
 
 pytestmark = pytest.mark.integration
@@ -206,11 +205,10 @@ def test_a_client_that_leaves_a_stream_frees_every_slot_of_it(url, ray_cluster):
 def _open_stream(url: str, source: str) -> http.client.HTTPResponse:
     """A stream of 10,000 characters from `source`, left unread. With logprobs, so that it
     stays open for the test's whole window: every character then takes the engine's
-    per-character path, and its events carry five alternatives each (a plain stream of this small model once
-    ended before the 33rd request arrived, on a slow machine, and freed its place)."""
-    parts = urlparse(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60,
-                                            source_address=(source, 0))
+    per-character path, and its events carry five alternatives each (a plain stream of this
+    small model once ended before the 33rd request arrived, on a slow machine, and freed its
+    place)."""
+    connection = connect_from(url, source)
     connection.request("POST", "/v1/completions", headers={"Content-Type": "application/json"},
                        body=json.dumps({"model": BARD, "prompt": "A", "max_tokens": 10_000,
                                         "stream": True, "logprobs": 5}))

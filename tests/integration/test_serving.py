@@ -16,7 +16,14 @@ import requests
 
 from deployments.serve_config import rnnserve_app, shipped_config
 from tests.conftest import wait_for
-from tests.integration.api import TRAIN_FORM, generate, metric_total, upload, wait_status
+from tests.integration.api import (
+    TRAIN_FORM,
+    connect_from,
+    generate,
+    metric_total,
+    upload,
+    wait_status,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -348,11 +355,8 @@ def test_oversize_upload_is_413_and_stores_nothing(trained, registry):
 
 
 def _post_from(url: str, source: str, path: str, body: dict) -> http.client.HTTPResponse:
-    """POST `body` from the address `source` (all of 127/8 is this machine: each address is
-    a client of its own to the limiter); the response, read."""
-    parts = urlparse(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30,
-                                            source_address=(source, 0))
+    """POST `body` from the address `source` (`connect_from`); the response, read."""
+    connection = connect_from(url, source, timeout=30)
     try:
         connection.request("POST", path, body=json.dumps(body),
                            headers={"Content-Type": "application/json"})
