@@ -40,6 +40,10 @@ class AppArgs(BaseModel):
     # to the ingress and one to the proxy whatever its size.
     stream_interval_s: float = Field(0.05, ge=0, le=1, description="a stream's chunks after "
                                      "the first go out at most this often")
+    # Per replica: past stream_chunks_per_s * stream_interval_s open streams, each stream's
+    # interval grows (deployments/stream_pacing.py), so chunks cost the path a bounded CPU.
+    stream_chunks_per_s: float = Field(100, ge=0, description="chunks a second a Generator "
+                                       "replica's streams send together at most (0: no bound)")
     prefill_chars: int = Field(DEFAULT_PREFILL_CHARS, ge=0, le=4096, description="prime "
                                "characters fed per engine step beside the generating sequences "
                                "(0: one per shared step)")
@@ -57,7 +61,8 @@ def build_app(args: AppArgs):
         settings=settings, max_models_per_replica=args.max_models_per_replica,
         max_batch=args.max_batch, max_waiting=args.max_waiting,
         generation_timeout_s=limits.generation_timeout_s, runner=args.runner,
-        stream_interval_s=args.stream_interval_s, prefill_chars=args.prefill_chars)
+        stream_interval_s=args.stream_interval_s, stream_chunks_per_s=args.stream_chunks_per_s,
+        prefill_chars=args.prefill_chars)
     classifier = Classifier.bind(
         settings=settings, max_models_per_replica=args.max_models_per_replica,
         max_batch_size=args.classifier_max_batch,

@@ -18,6 +18,7 @@ from ray import serve
 from deployments.errors import Overloaded
 from deployments.metrics import GeneratorMetrics
 from deployments.model_cache import LoadedModels, model_tags
+from deployments.stream_pacing import ChunkBudget, merged
 from models.artifacts import load_charrnn
 from models.config import SampleConfig
 from models.devices import enable_gpu_memory_growth
@@ -32,12 +33,12 @@ logger = logging.getLogger("ray.serve")
 class Generator:
     def __init__(self, settings: dict, max_models_per_replica: int, max_batch: int,
                  max_waiting: int, generation_timeout_s: float, runner: str,
-                 stream_interval_s: float, prefill_chars: int):
+                 stream_interval_s: float, stream_chunks_per_s: float, prefill_chars: int):
         """The engine settings' defaults live in `deployments.app.AppArgs`."""
         enable_gpu_memory_growth()
         self.registry = Registry(Settings.from_env(**settings))
         self.max_batch, self.max_waiting = max_batch, max_waiting
-        self.stream_interval_s = stream_interval_s
+        self.chunk_budget = ChunkBudget(stream_interval_s, stream_chunks_per_s)
         self.prefill_chars = prefill_chars
         self.runner_setting = runner  # auto: models/runner_choice.py
         self.generation_timeout_s = generation_timeout_s
@@ -150,8 +151,9 @@ class Generator:
         model_id, engine = await self._engine()
         handles = self._submit_all(engine, model_id, samples)
         sent = [0] * len(handles)
+        self.chunk_budget.opened(len(handles))
         try:
-            async for index, chunk in _merged(handles, self.stream_interval_s):
+            async for index, chunk in merged(handles, self.chunk_budget):
                 handle = handles[index]
                 if chunk is None:
                     if handle.reason == "error":
@@ -166,53 +168,10 @@ class Generator:
                     event["prompt_logprobs"] = handle.prompt_logprobs
                 yield event
         finally:
+            self.chunk_budget.closed(len(handles))
             for index, handle in enumerate(handles):
                 handle.cancel()
                 self._record(model_id, engine, handle, sent[index])
-
-
-async def _paced(handle, interval: float):
-    """The handle's text, the first chunk at once and then at most one chunk per `interval`
-    seconds: every chunk costs a hop to the ingress and one to the proxy, whatever its size,
-    so the text sampled meanwhile goes out together (the handle joins what piled up)."""
-    loop = asyncio.get_running_loop()
-    sent_at = None
-    while True:
-        if sent_at is not None:
-            await asyncio.sleep(sent_at + interval - loop.time())  # no wait if already due
-        try:
-            chunk = await handle.__anext__()
-        except StopAsyncIteration:
-            return
-        sent_at = loop.time()
-        yield chunk
-
-
-async def _merged(handles, interval: float):
-    """(index, chunk) from several handles as chunks arrive (each paced by `interval`), then
-    (index, None) as each ends."""
-    if len(handles) == 1:  # the common case, without a task and a queue in between
-        async for chunk in _paced(handles[0], interval):
-            yield 0, chunk
-        yield 0, None
-        return
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def pump(index, handle):
-        async for chunk in _paced(handle, interval):
-            await queue.put((index, chunk))
-        await queue.put((index, None))
-
-    pumps = [asyncio.ensure_future(pump(i, h)) for i, h in enumerate(handles)]
-    ended = 0
-    try:
-        while ended < len(handles):
-            index, chunk = await queue.get()
-            ended += chunk is None
-            yield index, chunk
-    finally:
-        for task in pumps:
-            task.cancel()
 
 
 def _answer(sample: SampleConfig, handle, text: str) -> dict:

@@ -1,9 +1,10 @@
 """The Generator's stream pacing on a real engine (no Ray): after the first chunk, at most one
-chunk per interval, and the same text as the unpaced answer."""
+chunk per interval, and the same text as the unpaced answer; a replica's streams together
+within their chunk budget."""
 
 import time
 
-from deployments.generator import _merged
+from deployments.stream_pacing import ChunkBudget, merged
 from models.config import SampleConfig
 from tests.unit.test_engine import run
 
@@ -25,7 +26,8 @@ class SlowRunner:
 
 def stream(engine, sample: SampleConfig, interval: float):
     async def chunks():
-        return [chunk async for _, chunk in _merged([engine.submit(sample)], interval) if chunk]
+        budget = ChunkBudget(interval, 0)
+        return [chunk async for _, chunk in merged([engine.submit(sample)], budget) if chunk]
     return chunks()
 
 
@@ -51,7 +53,8 @@ def test_several_paced_streams_each_end(runner_factory):
     async def go(engine):
         references = [await engine.submit(s).result() for s in samples]
         texts, ended = ["", "", ""], []
-        async for index, chunk in _merged([engine.submit(s) for s in samples], 0.02):
+        async for index, chunk in merged([engine.submit(s) for s in samples],
+                                         ChunkBudget(0.02, 0)):
             if chunk is None:
                 ended.append(index)
             else:
@@ -61,3 +64,29 @@ def test_several_paced_streams_each_end(runner_factory):
     references, texts, ended = run(go, lambda: SlowRunner(runner_factory()))
     assert texts == references
     assert sorted(ended) == [0, 1, 2]
+
+
+def test_a_replicas_open_streams_share_its_chunk_budget(runner_factory):
+    """Eight streams open on a budget of 40 chunks a second: each stream's interval is 0.2 s
+    rather than the 0.01 s minimum, so together they send ~40 chunks a second, not ~800."""
+    samples = [SampleConfig(prime="a", max_length=400, seed=s) for s in range(8)]
+    budget = ChunkBudget(0.01, 40)
+
+    async def go(engine):
+        references = [await engine.submit(s).result() for s in samples]
+        budget.opened(len(samples))
+        assert budget.interval() == 8 / 40
+        started = time.perf_counter()
+        texts, chunks = [""] * 8, 0
+        async for index, chunk in merged([engine.submit(s) for s in samples], budget):
+            if chunk is not None:
+                texts[index] += chunk
+                chunks += 1
+        budget.closed(len(samples))
+        return references, texts, chunks, time.perf_counter() - started
+
+    references, texts, chunks, seconds = run(go, lambda: SlowRunner(runner_factory()))
+    assert texts == references
+    assert seconds > 0.4  # long enough for the bound to show (400 steps of >= 1 ms)
+    assert chunks <= 40 * seconds + 8 + 8  # the budget's, the first of each, the last of each
+    assert budget.interval() == 0.01  # every stream closed: back to the minimum
