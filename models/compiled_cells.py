@@ -30,7 +30,10 @@ from numba import njit, prange
 # kernels it calls from other files, as sampling/fused_steps.py calls these).
 _OPTIONS = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
-GEMV_ROWS = 8  # up to this many rows, a product is a GEMV per row (`matmul`)
+# A product of up to this many rows by weights of at least this many elements is a GEMV per
+# row (`matmul`).
+GEMV_ROWS = 8
+GEMV_MIN_WEIGHTS = 1 << 17  # 512 KB of float32
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}  # a kernel's `cell` argument
 LSTM, GRU = CELLS["lstm"], CELLS["gru"]
 
@@ -65,10 +68,12 @@ def tanh_array(x):
 
 @njit(**_OPTIONS)
 def matmul(x, w):
-    """x @ w, by BLAS; with few rows, as one GEMV per row: a GEMM packs `w` first, which with 2
-    to 8 rows costs ~10x a row's GEMV (measured: 2x[128]x[128, 512] 47 us against 8 us as two
-    GEMVs; at 512 units, 776 us against 138)."""
-    if x.shape[0] > GEMV_ROWS:
+    """x @ w, by BLAS; with few rows and big weights, as one GEMV per row: a GEMM packs `w`
+    first, which for big weights costs more than reading them once per row, and for small
+    ones does not (measured here, three products of 2 / 4 / 8 rows: by [512, 2048] weights,
+    1,776 / 1,545 / 2,041 us as GEMMs against 320 / 799 / 972 as GEMVs; by [256, 1024],
+    71 / 291 / 308 against 85 / 163 / 347; by [128, 512], 14 / 18 / 32 against 21 / 38 / 71)."""
+    if x.shape[0] > GEMV_ROWS or w.size < GEMV_MIN_WEIGHTS:
         return x @ w
     out = np.empty((x.shape[0], w.shape[1]), np.float32)
     for i in range(x.shape[0]):

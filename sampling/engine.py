@@ -59,6 +59,11 @@ DEFAULT_PREFILL_CHARS = 64
 # hands their text over (a hand-off per character cost more than the step itself), while the
 # loop delivers the previous hop's text.
 HOP_SECONDS = 0.005
+# ...and for at least this many runner steps: a big model's step at a full batch takes about a
+# hop (2x512 at 64 streams: ~5 ms), and a hand-off after each step had the event loop's
+# delivery share the cores with every step's threads (measured: BENCHMARKS.md, Sampling
+# engine, issue 18.4). A small model's hop holds more steps than this anyway.
+MIN_HOP_STEPS = 4
 TAKE_TIMEOUT_S = 0.1  # the worker steps on if the event loop is this late to take a hop's text
 # Fused steps (the compiled runner, sampling/fused_steps.py): a call runs for about this long,
 # so joins, cancels and deadlines still take effect within a hop.
@@ -88,6 +93,7 @@ class SamplingEngine:
         self.handles: dict[int, SequenceHandle] = {}  # by request id, until its end is delivered
         # Batch size of each call (a step, or fused steps) delivered since the last drain.
         self.occupancy: list[int] = []
+        self.steps_run = 0  # runner steps since the start, a fused call's each counted
         self._batch: _Batch | None = None  # the running sequences as arrays; None: changed
         self._prefilling: list[Sequence] = []  # running, with more prompt than the next id
         # Seconds per fused step (0: not measured yet, one step a call), as measured on a batch
@@ -167,6 +173,7 @@ class SamplingEngine:
         else:
             self._sample(logits, batch.rows, batch.index)
         self._pending.occupancy.append(len(batch.slots))
+        self.steps_run += 1
         return len(batch.slots)
 
     def _fusable(self, batch: _Batch) -> bool:
@@ -186,6 +193,7 @@ class SamplingEngine:
         steps = max(1, min(left, MAX_FUSED_STEPS, fit))
         started = time.perf_counter()
         chosen = run_fused_steps(self.runner, table, batch.slots, steps)
+        self.steps_run += steps
         pace = (time.perf_counter() - started) / steps
         # A moving average of the last calls (the first call's pace as it is): a shared
         # machine's speed changes.
@@ -374,7 +382,7 @@ class SamplingEngine:
                     self._has_work.clear()  # has_work is checked again before any wait
                     continue
                 try:
-                    self._steps_for(HOP_SECONDS)
+                    self._steps_for(HOP_SECONDS, MIN_HOP_STEPS)
                 except Exception:  # noqa: BLE001 - one bad step must not leave every caller waiting
                     logger.exception("a sampling step failed; ending the requests it held")
                     self._end_all("error")
@@ -415,11 +423,13 @@ class SamplingEngine:
                 if self.on_finish is not None:
                     self.on_finish("error")
 
-    def _steps_for(self, seconds: float) -> None:
-        """Several steps per hop: each still schedules first, so arrivals join at the very
-        next step boundary."""
+    def _steps_for(self, seconds: float, min_steps: int) -> None:
+        """Several steps per hop, for `seconds` and at least `min_steps` runner steps while
+        there is work: each still schedules first, so arrivals join at the very next step
+        boundary."""
         until = time.perf_counter() + seconds
-        while self.step() and time.perf_counter() < until:
+        enough = self.steps_run + min_steps
+        while self.step() and (time.perf_counter() < until or self.steps_run < enough):
             pass
 
     def close(self) -> None:
