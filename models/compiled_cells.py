@@ -14,8 +14,9 @@ weights, at the cost of a join per layer.
 Same equations as models/step_cells.py's `cell_update`, in the same tanh form (weights of the
 sigmoid gates halved, sigmoid(x) = 0.5 * tanh(x/2) + 0.5), written per element here: numba
 compiles loops over elements, not the array-slicing form the NumPy and TensorFlow runners
-share. `tanh` is computed from `exp` with a short polynomial that vectorises (libm's tanh does
-not): within 3e-7 of float64 tanh over the float32 range (tests/unit/test_runner.py).
+share. `tanh` is a rational function with no table and no branch, which vectorises (libm's tanh
+does not, nor did an `exp` built from a table of powers of two: 2.4 ns an element against 0.3,
+measured here): within 3e-7 of float64 tanh over the float32 range (tests/unit/test_runner.py).
 """
 
 from __future__ import annotations
@@ -30,30 +31,31 @@ from numba import njit, prange
 # kernels it calls from other files, as sampling/fused_steps.py calls these).
 _OPTIONS = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
-# A product of up to this many rows by weights of at least this many elements is a GEMV per
-# row (`matmul`).
-GEMV_ROWS = 8
-GEMV_MIN_WEIGHTS = 1 << 17  # 512 KB of float32
+GEMV_ROWS = 8  # the most rows a product may run as a GEMV per row (`matmul`)
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}  # a kernel's `cell` argument
 LSTM, GRU = CELLS["lstm"], CELLS["gru"]
 
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = HI + LO
-_POW2 = np.array([2.0 ** k for k in range(-64, 65)], np.float32)  # 2**k at index k + 64
+# tanh(x) ~ x P(x^2) / Q(x^2), P of degree 6 and Q of degree 3 in x^2: the coefficients of the
+# float32 tanh in Eigen (and XLA), a minimax fit on [-c, c]; past c = 7.9053..., tanh(x) is 1
+# to float32 rounding and x is clamped there.
+_F = np.float32
+_P = tuple(_F(a) for a in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                           5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                           4.89352455891786e-03))  # x^12 ... x^0 of P
+_Q = tuple(_F(b) for b in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                           4.89352518554385e-03))  # x^6 ... x^0 of Q
+_TANH_CLAMP = _F(7.90531110763549805)
 
 
 @njit(inline="always", **_OPTIONS)
 def _tanh(x):
-    """tanh(x) = 1 - 2 / (exp(2x) + 1), with exp(y) = 2**k * exp(r), |r| <= ln2 / 2, exp(r) by
-    its Taylor series to r**6 (relative error < 2e-7 there); 2x is clamped to +-40, where tanh
-    is +-1 in float32."""
-    y = min(max(np.float32(2.0) * x, np.float32(-40.0)), np.float32(40.0))
-    k = np.floor(y * _LOG2E + np.float32(0.5))
-    r = y - k * _LN2_HI - k * _LN2_LO
-    p = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(1 / 2) + r * (
-        np.float32(1 / 6) + r * (np.float32(1 / 24) + r * (np.float32(1 / 120)
-                                                           + r * np.float32(1 / 720))))))
-    return np.float32(1.0) - np.float32(2.0) / (p * _POW2[np.int64(k) + 64] + np.float32(1.0))
+    """tanh(x) as x P(x^2) / Q(x^2) on x clamped to +-_TANH_CLAMP (Horner's rule)."""
+    x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
+    x2 = x * x
+    p = ((((((_P[0] * x2 + _P[1]) * x2 + _P[2]) * x2 + _P[3]) * x2 + _P[4]) * x2 + _P[5]) * x2
+         + _P[6])
+    q = ((_Q[0] * x2 + _Q[1]) * x2 + _Q[2]) * x2 + _Q[3]
+    return x * p / q
 
 
 @njit(**_OPTIONS)
@@ -67,13 +69,13 @@ def tanh_array(x):
 
 
 @njit(**_OPTIONS)
-def matmul(x, w):
-    """x @ w, by BLAS; with few rows and big weights, as one GEMV per row: a GEMM packs `w`
-    first, which for big weights costs more than reading them once per row, and for small
-    ones does not (measured here, three products of 2 / 4 / 8 rows: by [512, 2048] weights,
-    1,776 / 1,545 / 2,041 us as GEMMs against 320 / 799 / 972 as GEMVs; by [256, 1024],
-    71 / 291 / 308 against 85 / 163 / 347; by [128, 512], 14 / 18 / 32 against 21 / 38 / 71)."""
-    if x.shape[0] > GEMV_ROWS or w.size < GEMV_MIN_WEIGHTS:
+def matmul(x, w, gemv_rows):
+    """x @ w, by BLAS: one GEMM, or with up to `gemv_rows` rows one GEMV per row. A GEMM packs
+    `w` first, which with a few rows can cost more than reading `w` once per row, or less: it
+    depends on the CPU and the BLAS build (measured: 2 rows by [128, 512] weights, 47 us as a
+    GEMM against 8 us as two GEMVs on one machine, 14 against 21 on another), so the runner
+    measures it at model load (models/compiled_runner.py, `measured_gemv_rows`)."""
+    if x.shape[0] > gemv_rows:
         return x @ w
     out = np.empty((x.shape[0], w.shape[1]), np.float32)
     for i in range(x.shape[0]):
@@ -82,7 +84,7 @@ def matmul(x, w):
 
 
 @njit(**_OPTIONS)
-def cell_rows(cell, gates, h_in, h, c, recurrent, recurrent_bias):
+def cell_rows(cell, gemv_rows, gates, h_in, h, c, recurrent, recurrent_bias):
     """One cell step for every row, in place: `gates` is the input side (x @ kernel + bias,
     [rows, gates * units]), `h_in` the rows' whole state before the step (the recurrent
     GEMM's input), `h` (and `c`, LSTM) the state of the units this call updates: `h_in` itself,
@@ -91,7 +93,7 @@ def cell_rows(cell, gates, h_in, h, c, recurrent, recurrent_bias):
     with another array it did not: measured 2x slower)."""
     units, half, one = h.shape[1], np.float32(0.5), np.float32(1.0)
     if cell == LSTM:  # t: i, f, o (halved), then the candidate
-        t = gates + matmul(h_in, recurrent)
+        t = gates + matmul(h_in, recurrent, gemv_rows)
         for i in range(h.shape[0]):
             for j in range(4 * units):
                 t[i, j] = _tanh(t[i, j])
@@ -101,7 +103,7 @@ def cell_rows(cell, gates, h_in, h, c, recurrent, recurrent_bias):
                 c[i, j] = state
                 h[i, j] = (half * t[i, 2 * units + j] + half) * _tanh(state)
     elif cell == GRU:  # z, r (halved), then h; reset_after: r gates the recurrent term
-        hidden = matmul(h_in, recurrent) + recurrent_bias
+        hidden = matmul(h_in, recurrent, gemv_rows) + recurrent_bias
         t = gates[:, :2 * units] + hidden[:, :2 * units]
         for i in range(h.shape[0]):
             for j in range(2 * units):
@@ -112,14 +114,14 @@ def cell_rows(cell, gates, h_in, h, c, recurrent, recurrent_bias):
                                   + (half * t[i, units + j] + half) * hidden[i, 2 * units + j])
                 h[i, j] = z * h[i, j] + (one - z) * candidate
     else:
-        t = gates + matmul(h_in, recurrent)
+        t = gates + matmul(h_in, recurrent, gemv_rows)
         for i in range(h.shape[0]):
             for j in range(units):
                 h[i, j] = _tanh(t[i, j])
 
 
 @njit(**_OPTIONS)
-def layer_inputs(table, kernels, biases, layer, ids, x):
+def layer_inputs(gemv_rows, table, kernels, biases, layer, ids, x):
     """A layer's input side for each row, [rows, gates * units]: the table's rows of `ids` for
     the first layer (its bias folded in), else `x` (the layer below's output) @ kernel + bias."""
     if layer == 0:
@@ -127,23 +129,23 @@ def layer_inputs(table, kernels, biases, layer, ids, x):
         for i in range(ids.shape[0]):
             gates[i] = table[ids[i]]
         return gates
-    gates = matmul(x, kernels[layer - 1])
+    gates = matmul(x, kernels[layer - 1], gemv_rows)
     for i in range(gates.shape[0]):
         gates[i] += biases[layer - 1]
     return gates
 
 
 @njit(**_OPTIONS)
-def output_logits(x, out_kernel, out_bias):
-    logits = matmul(x, out_kernel)
+def output_logits(gemv_rows, x, out_kernel, out_bias):
+    logits = matmul(x, out_kernel, gemv_rows)
     for i in range(logits.shape[0]):
         logits[i] += out_bias
     return logits
 
 
 @njit(**_OPTIONS)
-def step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel, out_bias,
-              hs, cs, slots, ids, logits):
+def step_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+              out_bias, hs, cs, slots, ids, logits):
     """One step of the sequences in `slots` (fed `ids`), all layers: their state rows are
     gathered from `hs`/`cs` [layers, slots, units], updated and written back; `logits` [rows,
     vocab] receives the output layer's."""
@@ -151,31 +153,31 @@ def step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_ke
     h = np.empty((rows, units), np.float32)
     c = np.empty((rows, units), np.float32)
     for layer in range(hs.shape[0]):
-        gates = layer_inputs(table, kernels, biases, layer, ids, h)
+        gates = layer_inputs(gemv_rows, table, kernels, biases, layer, ids, h)
         for i in range(rows):
             h[i] = hs[layer, slots[i]]
             c[i] = cs[layer, slots[i]]
-        cell_rows(cell, gates, h, h, c, recurrents[layer], recurrent_biases[layer])
+        cell_rows(cell, gemv_rows, gates, h, h, c, recurrents[layer], recurrent_biases[layer])
         for i in range(rows):
             hs[layer, slots[i]] = h[i]
             cs[layer, slots[i]] = c[i]
-    logits[:] = output_logits(h, out_kernel, out_bias)
+    logits[:] = output_logits(gemv_rows, h, out_kernel, out_bias)
 
 
 @njit(parallel=True, **_OPTIONS)
-def step_parts(parts, cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
-               out_bias, hs, cs, slots, ids, logits):
+def step_parts(parts, cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases,
+               out_kernel, out_bias, hs, cs, slots, ids, logits):
     """`step_rows` over `parts` contiguous runs of the batch's rows, one per thread."""
     rows = slots.shape[0]
     for part in prange(parts):
         first, end = rows * part // parts, rows * (part + 1) // parts
-        step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+        step_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
                   out_bias, hs, cs, slots[first:end], ids[first:end], logits[first:end])
 
 
 @njit(parallel=True, **_OPTIONS)
-def step_units(parts, cell, tables, kernels, biases, recurrents, recurrent_biases, out_kernel,
-               out_bias, hs, cs, slots, ids, logits):
+def step_units(parts, cell, gemv_rows, tables, kernels, biases, recurrents, recurrent_biases,
+               out_kernel, out_bias, hs, cs, slots, ids, logits):
     """`step_rows` with each layer's units split into `parts` equal runs, one per thread: the
     weights come cut by `split_units` ([parts, ...], part p's gate columns for its units), so
     each thread reads only its part of them, and all the rows. A big model's step is bound by
@@ -190,20 +192,21 @@ def step_units(parts, cell, tables, kernels, biases, recurrents, recurrent_biase
             h_in[i] = hs[layer, slots[i]]
         for part in prange(parts):
             first, end = part * share, (part + 1) * share
-            gates = layer_inputs(tables[part], kernels[part], biases[part], layer, ids, x)
+            gates = layer_inputs(gemv_rows, tables[part], kernels[part], biases[part], layer,
+                                 ids, x)
             h = np.empty((rows, share), np.float32)
             c = np.empty((rows, share), np.float32)
             for i in range(rows):
                 h[i] = h_in[i, first:end]
                 c[i] = cs[layer, slots[i], first:end]
-            cell_rows(cell, gates, h_in, h, c, recurrents[part, layer],
+            cell_rows(cell, gemv_rows, gates, h_in, h, c, recurrents[part, layer],
                       recurrent_biases[part, layer])
             for i in range(rows):
                 hs[layer, slots[i], first:end] = h[i]
                 cs[layer, slots[i], first:end] = c[i]
         for i in range(rows):
             x[i] = hs[layer, slots[i]]
-    logits[:] = output_logits(x, out_kernel, out_bias)
+    logits[:] = output_logits(gemv_rows, x, out_kernel, out_bias)
 
 
 def split_units(weights: np.ndarray, parts: int, gates: int) -> np.ndarray:
@@ -218,20 +221,21 @@ def split_units(weights: np.ndarray, parts: int, gates: int) -> np.ndarray:
 
 
 @njit(**_OPTIONS)
-def prefill_positions(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
-                      out_bias, hs, cs, slot, ids):
+def prefill_positions(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases,
+                      out_kernel, out_bias, hs, cs, slot, ids):
     """Feed `ids` one after another to the sequence in `slot`; the logits after each of them
     [len(ids), vocab]. Layer by layer: each layer's input projection is one GEMM over all
     positions, and only the recurrence runs position by position."""
     positions, units = ids.shape[0], hs.shape[2]
     x = np.empty((positions, units), np.float32)
     for layer in range(hs.shape[0]):
-        gates = layer_inputs(table, kernels, biases, layer, ids, x)
+        gates = layer_inputs(gemv_rows, table, kernels, biases, layer, ids, x)
         h = hs[layer, slot:slot + 1].copy()
         c = cs[layer, slot:slot + 1].copy()
         for p in range(positions):
-            cell_rows(cell, gates[p:p + 1], h, h, c, recurrents[layer], recurrent_biases[layer])
+            cell_rows(cell, gemv_rows, gates[p:p + 1], h, h, c, recurrents[layer],
+                      recurrent_biases[layer])
             x[p] = h[0]
         hs[layer, slot] = h[0]
         cs[layer, slot] = c[0]
-    return output_logits(x, out_kernel, out_bias)
+    return output_logits(gemv_rows, x, out_kernel, out_bias)

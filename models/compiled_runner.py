@@ -16,6 +16,7 @@ never read.
 from __future__ import annotations
 
 import threading
+import time
 
 import numba
 import numpy as np
@@ -65,9 +66,14 @@ class CompiledStepRunner(WeightsView):
             self.cut_weights = tuple(cut(w, self.cores, gates) for w in (
                 weights.input_table, self.kernels, self.biases, self.recurrents,
                 self.recurrent_biases))
+        self.gemv_rows = compiled_cells.GEMV_ROWS  # until measured, below
         self._compiled_once()
         single_threaded_blas()  # after the first call: SciPy's BLAS, which numba's `@` uses,
         # is loaded by then
+        # Measured on the products a step runs most, a layer's recurrent weights as each thread
+        # has them, on one BLAS thread as in a step.
+        recurrent = self.cut_weights[3][0, 0] if self.splits_units else self.recurrents[0]
+        self.gemv_rows = measured_gemv_rows(recurrent)
 
     @classmethod
     def from_model(cls, model, config, **options) -> CompiledStepRunner:
@@ -85,7 +91,8 @@ class CompiledStepRunner(WeightsView):
     def kernel_arguments(self) -> tuple:
         """The model and its state, as the kernels take them (after `parts`)."""
         weights = self.weights
-        return (self.cell, weights.input_table, self.kernels, self.biases, self.recurrents,
+        return (self.cell, self.gemv_rows, weights.input_table, self.kernels, self.biases,
+                self.recurrents,
                 self.recurrent_biases, weights.out_kernel, weights.out_bias, self.hs, self.cs)
 
     def step(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -95,7 +102,8 @@ class CompiledStepRunner(WeightsView):
         logits = np.empty((len(slots), self.vocab_size), np.float32)
         if self.splits_units:
             with _PARALLEL_CALLS:
-                compiled_cells.step_units(self.cores, self.cell, *self.cut_weights,
+                compiled_cells.step_units(self.cores, self.cell, self.gemv_rows,
+                                          *self.cut_weights,
                                           self.weights.out_kernel, self.weights.out_bias,
                                           self.hs, self.cs, slots, ids, logits)
         else:
@@ -129,6 +137,33 @@ class CompiledStepRunner(WeightsView):
             self.step(np.arange(rows), np.zeros(rows, np.int64))
         self.prefill(0, np.zeros(2, np.int64))
         self.hs, self.cs = saved
+
+
+def measured_gemv_rows(weights: np.ndarray, repeats: int = 5) -> int:
+    """Up to how many rows a product by `weights` runs faster as a GEMV per row than as one
+    GEMM on this machine, of 2, 4 and 8 rows (0: never; `compiled_cells.matmul`). Measured at
+    model load, each form the best of `repeats` (other work only ever slows one down); it
+    takes ~0.1 s for a 2x512's weights and microseconds for small ones."""
+    best = 0
+    for rows in (2, 4, compiled_cells.GEMV_ROWS):
+        x = np.ones((rows, weights.shape[0]), np.float32)
+        as_gemv, as_gemm = (_best_seconds(compiled_cells.matmul, x, weights, gemv_rows,
+                                          repeats=repeats) for gemv_rows in (rows, 0))
+        if as_gemv >= as_gemm:
+            break
+        best = rows
+    return best
+
+
+def _best_seconds(function, *arguments, repeats: int) -> float:
+    function(*arguments)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(4):
+            function(*arguments)
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def units_split_pays(weights: StepWeights, cores: int) -> bool:

@@ -27,8 +27,9 @@ from sampling.slots import SlotTable
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def fused_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel, out_bias,
-               hs, cs, slots, key, generated, temperature, top_k, top_p, next_id, chosen):
+def fused_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+               out_bias, hs, cs, slots, key, generated, temperature, top_k, top_p, next_id,
+               chosen):
     """`chosen.shape[0]` steps of the sequences in `slots`, each sampled: `chosen[step, row]`
     receives the ids; the sampling arrays (sampling/slots.py's table, by slot) move on."""
     rows, vocab = slots.shape[0], out_bias.shape[0]
@@ -37,21 +38,21 @@ def fused_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_k
     for step in range(chosen.shape[0]):
         for i in range(rows):
             ids[i] = next_id[slots[i]]
-        step_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+        step_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
                   out_bias, hs, cs, slots, ids, logits)
         sample_slots(logits, slots, key, generated, temperature, top_k, top_p, next_id,
                      chosen[step])
 
 
 @njit(parallel=True, nogil=True, cache=True, error_model="numpy")
-def fused_parts(parts, cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+def fused_parts(parts, cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
                 out_bias, hs, cs, slots, key, generated, temperature, top_k, top_p, next_id,
                 chosen):
     """`fused_rows` over `parts` contiguous runs of the rows, one per thread."""
     rows = slots.shape[0]
     for part in prange(parts):
         first, end = rows * part // parts, rows * (part + 1) // parts
-        fused_rows(cell, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
+        fused_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
                    out_bias, hs, cs, slots[first:end], key, generated, temperature, top_k,
                    top_p, next_id, chosen[:, first:end])
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.charrnn import build_charrnn
-from models.compiled_cells import tanh_array
+from models.compiled_cells import GEMV_ROWS, matmul, tanh_array
 from models.compiled_runner import CompiledStepRunner, units_split_pays
 from models.config import CharRNNConfig
 from models.step_cells import StepWeights
@@ -60,9 +60,9 @@ def test_reset_clears_only_that_slot(build):
 @pytest.mark.parametrize("split_units", [False, True])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_a_batch_split_over_the_cores_gives_each_row_its_own_sequence(split_units, cell):
-    """The compiled step spreads a large batch over the cores (by rows, or by units) and runs
-    its products as GEMMs (a lone row's as a GEMV, on the calling thread alone): each row's
-    logits are those of the same sequence stepped alone."""
+    """The compiled step spreads a large batch over the cores (by rows, or by units), a lone
+    row runs on the calling thread alone: each row's logits are those of the same sequence
+    stepped alone."""
     config = CharRNNConfig(vocab_size=30, lstm_size=32, num_layers=2, cell=cell)
     model = build_charrnn(config)
     batched, alone = (CompiledStepRunner.from_model(model, config, split_units=split_units)
@@ -96,3 +96,16 @@ def test_the_compiled_tanh_is_within_float32_rounding():
                                  np.float32)])
     np.testing.assert_allclose(tanh_array(x), np.tanh(x.astype(np.float64)), rtol=0, atol=3e-7)
 
+
+
+@pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS])
+@pytest.mark.parametrize("units", [64, 256])
+def test_the_compiled_product_is_the_same_as_gemvs_or_one_gemm(rows, units):
+    """A product of a few rows runs as a GEMV per row or as one GEMM, whichever the runner
+    measured faster at load: the same product either way, within float32 rounding."""
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal((units, 4 * units)).astype(np.float32)
+    x = rng.standard_normal((rows, units)).astype(np.float32)
+    exact = x.astype(np.float64) @ w
+    for gemv_rows in (rows, 0):  # GEMVs, then a GEMM
+        np.testing.assert_allclose(matmul(x, w, gemv_rows), exact, rtol=1e-4, atol=1e-3)
