@@ -316,3 +316,36 @@ def test_a_cancelled_prefill_stops_within_one_step(runner_factory):
 
     handle, text = asyncio.run(go())
     assert fed == [16] and handle.reason == "cancelled" and text == ""
+
+
+def test_a_step_slower_than_a_hop_still_hands_over_every_few_steps(runner_factory):
+    """A big model's step at a full batch takes about a hop: the worker still hands its text
+    to the event loop only every MIN_HOP_STEPS steps, since each delivery shares the cores with
+    the next step (sampling/engine.py)."""
+    runner = runner_factory()
+
+    class SlowRunner:
+        def __getattr__(self, name):
+            return getattr(runner, name)
+
+        def step(self, slots, ids):
+            threading.Event().wait(1.5 * engine_module.HOP_SECONDS)
+            return runner.step(slots, ids)
+
+    async def go(engine):
+        deliveries, deliver = [], engine.deliver
+
+        def counted():
+            deliveries.append(1)
+            deliver()
+
+        engine.deliver = counted
+        text = await engine.submit(SampleConfig(prime="a", max_length=24)).result()
+        return text, len(deliveries)
+
+    text, deliveries = run(go, SlowRunner)
+    assert len(text) == 24
+    # A hand-off per step would be 24; a hop of MIN_HOP_STEPS steps gives 24 / MIN_HOP_STEPS,
+    # and the end one more.
+    bound = 24 // engine_module.MIN_HOP_STEPS + 2
+    assert bound < 24 and deliveries <= bound
