@@ -4,12 +4,12 @@
 The NumPy runner's step is ~10 NumPy calls per layer, each taking the GIL back and each a
 separate pass over the batch; at 2x128 and 64 streams the calls around the three GEMMs cost a
 quarter of the step. Here a whole step is ONE call that holds no GIL: each layer's recurrent
-GEMM goes to BLAS (numba's `@`, through SciPy's BLAS; with a handful of rows, a GEMV per row:
-`matmul`), and the gate math is one fused loop per row. The call spreads over the cores
-(`prange`) in one of two ways. A small model's step splits the batch's rows into one part per
-core (`step_parts`): rows of a step never mix, so the parts need no synchronisation. A big
-model's step splits each layer's units (`step_units`): each core reads only its part of the
-weights, at the cost of a join per layer.
+GEMM goes to BLAS (numba's `@`, through SciPy's BLAS; with a handful of rows, a GEMV per row
+where the runner measured that faster: `matmul`), and the gate math is one fused loop per row.
+The call spreads over the cores (`prange`) in one of two ways. A small model's step splits the
+batch's rows into one part per core (`step_parts`): rows of a step never mix, so the parts need
+no synchronisation. A big model's step splits each layer's units (`step_units`): each core
+reads only its part of the weights, at the cost of a join per layer.
 
 Same equations as models/step_cells.py's `cell_update`, in the same tanh form (weights of the
 sigmoid gates halved, sigmoid(x) = 0.5 * tanh(x/2) + 0.5), written per element here: numba

@@ -89,11 +89,12 @@ class CompiledStepRunner(WeightsView):
         self.cs[:, slot] = 0.0
 
     def kernel_arguments(self) -> tuple:
-        """The model and its state, as the kernels take them (after `parts`)."""
+        """The model, how its products run and its state, as the kernels take them (after
+        `parts`)."""
         weights = self.weights
         return (self.cell, self.gemv_rows, weights.input_table, self.kernels, self.biases,
-                self.recurrents,
-                self.recurrent_biases, weights.out_kernel, weights.out_bias, self.hs, self.cs)
+                self.recurrents, self.recurrent_biases, weights.out_kernel, weights.out_bias,
+                self.hs, self.cs)
 
     def step(self, slots: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """Feed `ids[i]` to the sequence in `slots[i]`; returns next-char logits [n, vocab]."""
