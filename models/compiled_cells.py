@@ -171,8 +171,9 @@ def step_parts(parts, cell, gemv_rows, table, kernels, biases, recurrents, recur
     rows = slots.shape[0]
     for part in prange(parts):
         first, end = rows * part // parts, rows * (part + 1) // parts
-        step_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
-                  out_bias, hs, cs, slots[first:end], ids[first:end], logits[first:end])
+        step_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases,
+                  out_kernel, out_bias, hs, cs, slots[first:end], ids[first:end],
+                  logits[first:end])
 
 
 @njit(parallel=True, **_OPTIONS)

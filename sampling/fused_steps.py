@@ -38,23 +38,23 @@ def fused_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_bi
     for step in range(chosen.shape[0]):
         for i in range(rows):
             ids[i] = next_id[slots[i]]
-        step_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
-                  out_bias, hs, cs, slots, ids, logits)
+        step_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases,
+                  out_kernel, out_bias, hs, cs, slots, ids, logits)
         sample_slots(logits, slots, key, generated, temperature, top_k, top_p, next_id,
                      chosen[step])
 
 
 @njit(parallel=True, nogil=True, cache=True, error_model="numpy")
-def fused_parts(parts, cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
-                out_bias, hs, cs, slots, key, generated, temperature, top_k, top_p, next_id,
-                chosen):
+def fused_parts(parts, cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases,
+                out_kernel, out_bias, hs, cs, slots, key, generated, temperature, top_k, top_p,
+                next_id, chosen):
     """`fused_rows` over `parts` contiguous runs of the rows, one per thread."""
     rows = slots.shape[0]
     for part in prange(parts):
         first, end = rows * part // parts, rows * (part + 1) // parts
-        fused_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases, out_kernel,
-                   out_bias, hs, cs, slots[first:end], key, generated, temperature, top_k,
-                   top_p, next_id, chosen[:, first:end])
+        fused_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_biases,
+                   out_kernel, out_bias, hs, cs, slots[first:end], key, generated, temperature,
+                   top_k, top_p, next_id, chosen[:, first:end])
 
 
 def run_fused_steps(runner: CompiledStepRunner, table: SlotTable, slots: np.ndarray,

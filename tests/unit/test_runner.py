@@ -97,7 +97,6 @@ def test_the_compiled_tanh_is_within_float32_rounding():
     np.testing.assert_allclose(tanh_array(x), np.tanh(x.astype(np.float64)), rtol=0, atol=3e-7)
 
 
-
 @pytest.mark.parametrize("rows", [1, 3, GEMV_ROWS])
 @pytest.mark.parametrize("units", [64, 256])
 def test_the_compiled_product_is_the_same_as_gemvs_or_one_gemm(rows, units):
