@@ -65,8 +65,11 @@ HOP_SECONDS = 0.005
 # engine, issue 18.4). A small model's hop holds more steps than this anyway.
 MIN_HOP_STEPS = 4
 TAKE_TIMEOUT_S = 0.1  # the worker steps on if the event loop is this late to take a hop's text
-# Fused steps (the compiled runner, sampling/fused_steps.py): a call runs for about this long,
-# so joins, cancels and deadlines still take effect within a hop.
+# Fused steps (the compiled runner, sampling/fused_steps.py): a call runs for about this long of
+# the worker thread's CPU time, so joins, cancels and deadlines still take effect within a hop.
+# CPU time, not the clock's: on cores shared with the HTTP path, the worker waits in the run
+# queue for longer than it runs (measured at 32 users: 2.7 times), and a pace by the clock cut
+# the calls to ~6 steps, each call paying the engine's Python and a GIL hand-off for little.
 FUSED_CALL_SECONDS = HOP_SECONDS / 2
 # A bound on a call's steps whatever the pace says: a pace measured in a host stall's wake, or
 # on a tiny model, would otherwise put hundreds of steps between two looks at joins and cancels.
@@ -96,8 +99,8 @@ class SamplingEngine:
         self.steps_run = 0  # runner steps since the start, a fused call's each counted
         self._batch: _Batch | None = None  # the running sequences as arrays; None: changed
         self._prefilling: list[Sequence] = []  # running, with more prompt than the next id
-        # Seconds per fused step (0: not measured yet, one step a call), as measured on a batch
-        # of `_fused_pace_rows` sequences.
+        # CPU seconds per fused step (0: not measured yet, one step a call), as measured on a
+        # batch of `_fused_pace_rows` sequences.
         self._fused_pace, self._fused_pace_rows = 0.0, 1
         # The steps' output: the worker thread's since its last step (`_pending`), published
         # after each step to `_outbox`, which the event loop takes in `deliver()` (under
@@ -184,17 +187,17 @@ class SamplingEngine:
 
     def _fused(self, batch: _Batch) -> int:
         """Several steps of the batch in one call, as many as fit in `FUSED_CALL_SECONDS`
-        (by the last calls' pace) and end before any sequence reaches its length; returns
-        the sequence steps run."""
+        (by the last calls' pace, in CPU time) and end before any sequence reaches its length;
+        returns the sequence steps run."""
         table, rows = self.table, len(batch.slots)
         left = int((table.max_length[batch.index] - table.generated[batch.index]).min())
         expected = self._step_seconds(rows)
         fit = int(FUSED_CALL_SECONDS / expected) if expected else 1
         steps = max(1, min(left, MAX_FUSED_STEPS, fit))
-        started = time.perf_counter()
+        started = time.thread_time()
         chosen = run_fused_steps(self.runner, table, batch.slots, steps)
         self.steps_run += steps
-        pace = (time.perf_counter() - started) / steps
+        pace = (time.thread_time() - started) / steps
         # A moving average of the last calls (the first call's pace as it is): a shared
         # machine's speed changes.
         self._fused_pace = expected + (pace - expected) / 4 if expected else pace

@@ -120,6 +120,32 @@ def test_a_grown_batch_gets_fewer_fused_steps_a_call(runner_factory, monkeypatch
     engine.close()
 
 
+def test_a_worker_kept_off_the_cores_still_runs_long_fused_calls(runner_factory, monkeypatch):
+    """On cores shared with busier processes the worker waits to run; the fused steps' pace is
+    the steps' own CPU time, so such waits (here a sleep inside each call) do not cut the calls
+    down to a step or two, each paying the engine's Python again. Paced by the clock, 20 ms
+    off the cores per call shrinks them to one step within a few calls."""
+    engine = SamplingEngine(runner_factory(), VOCAB)
+    if not fuses_steps(engine.runner):
+        return
+    calls = []
+    run_fused = engine_module.run_fused_steps
+
+    def descheduled(*arguments):
+        threading.Event().wait(0.02)  # off the cores, as a worker in the run queue
+        calls.append(arguments[-1])
+        return run_fused(*arguments)
+
+    monkeypatch.setattr(engine_module, "run_fused_steps", descheduled)
+    engine.submit(SampleConfig(max_length=5000, seed=1))
+    for _ in range(30):
+        engine.step()
+    # The tiny model's step takes microseconds of CPU: once the pace has settled (a moving
+    # average), each call is about as long as calls may be.
+    assert min(calls[-4:]) >= engine_module.MAX_FUSED_STEPS // 2
+    engine.close()
+
+
 def test_streamed_chunks_concatenate_to_the_text(runner_factory):
     async def go(engine):
         chunks = [c async for c in engine.submit(SampleConfig(max_length=50, seed=5))]
