@@ -8,6 +8,8 @@ other Ray clusters on the machine (a test suite's) may serve an app of the same 
 
 from __future__ import annotations
 
+import time
+
 import psutil
 
 
@@ -62,3 +64,26 @@ class CpuMeter:
             except psutil.NoSuchProcess:
                 pass
         return spent
+
+
+# Linux's CPU time fields that are this machine's own work (a guest's time is already in user).
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq")
+
+
+class HostMeter:
+    """The whole machine's busy cores between `start()` and `stop()`, and how many of them the
+    hypervisor took for other guests (steal): on a shared virtual machine a step that ran while
+    the host was taking CPU away is slower for reasons outside the path, and rnnserve and the
+    floor are only comparable in steps that lost about as much."""
+
+    def start(self) -> None:
+        self._before, self._started = psutil.cpu_times(), time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """Cores busy running this machine's work (user, system and interrupts) and cores
+        stolen, averaged over the interval."""
+        after, seconds = psutil.cpu_times(), time.monotonic() - self._started
+        spent = {field: getattr(after, field) - getattr(self._before, field)
+                 for field in after._fields}
+        busy = sum(spent.get(field, 0.0) for field in BUSY_FIELDS)
+        return {"busy_cores": busy / seconds, "stolen_cores": spent.get("steal", 0.0) / seconds}

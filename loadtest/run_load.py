@@ -31,7 +31,7 @@ import requests
 from benchmarks import REPO, RESULTS, SHARED_DATA
 from deployments.proxy_guard import CALLBACK as PROXY_CALLBACK
 from deployments.serve_config import changed_config, deployment, shipped_config, write_config
-from loadtest.process_cpu import CpuMeter, serve_roles
+from loadtest.process_cpu import CpuMeter, HostMeter, serve_roles
 
 BIN = Path(sys.executable).parent
 REPORTS = REPO / "results" / "loadtest"  # locust's CSV and HTML reports
@@ -181,10 +181,13 @@ def run_locust(host: str, users: int, seconds: int, model: str, label: str,
     prefix = REPORTS / f"{label}-{users}u"
     if meter:
         meter.start()
+    machine_meter = HostMeter()
+    machine_meter.start()
     rows, elapsed, locust_cpu = locust_stats(host, users, seconds, model, prefix,
                                              ("GenerateUser", "StreamUser"),
                                              "--html", f"{prefix}.html")
     spent = {**(meter.stop() if meter else {}), "locust": locust_cpu}
+    machine = machine_meter.stop()
     total = rows["Aggregated"]
     ttfc = rows.get("stream first chunk", {})
     generated = sum(int(rows[name]["Request Count"]) - int(rows[name]["Failure Count"])
@@ -197,6 +200,7 @@ def run_locust(host: str, users: int, seconds: int, model: str, label: str,
             "cpu_ms_per_request": {role: 1000 * cpu / max(requests_only, 1)
                                    for role, cpu in spent.items()},
             "locust_cores": locust_cpu / elapsed,
+            "host_busy_cores": machine["busy_cores"], "host_stolen_cores": machine["stolen_cores"],
             "ttfc_ms": {p: float(ttfc.get(p, "nan") or "nan") for p in ("50%", "95%", "99%")},
             "chars_per_s": generated * LENGTH / elapsed,
             "report": f"{prefix}.html"}
@@ -242,7 +246,8 @@ def report(results: list[dict]) -> None:
               + (f", {r['chunks_per_stream']} chunks/stream" if "chunks_per_stream" in r else ""))
         cpu = r.get("cpu_ms_per_request", {})
         print("      CPU ms/request: " + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
-              + f" (locust used {r['locust_cores']:.2f} cores)")
+              + f" (locust used {r['locust_cores']:.2f} cores; the machine "
+              f"{r['host_busy_cores']:.2f} busy, {r['host_stolen_cores']:.2f} stolen)")
     for users in sorted({r["users"] for r in results}):
         serve_runs = [r for r in results if r["label"] == "serve" and r["users"] == users]
         floor_runs = [r for r in results if r["label"] == "floor" and r["users"] == users]

@@ -68,8 +68,8 @@ TAKE_TIMEOUT_S = 0.1  # the worker steps on if the event loop is this late to ta
 # Fused steps (the compiled runner, sampling/fused_steps.py): a call runs for about this long of
 # the worker thread's CPU time, so joins, cancels and deadlines still take effect within a hop.
 # CPU time, not the clock's: on cores shared with the HTTP path, the worker waits in the run
-# queue for longer than it runs (measured at 32 users: 2.7 times), and a pace by the clock cut
-# the calls to ~6 steps, each call paying the engine's Python and a GIL hand-off for little.
+# queue for longer than it runs (measured at 32 users: about 3 times as long), and a pace by
+# the clock cut the calls to ~6 steps, each paying the engine's Python and a GIL hand-off.
 FUSED_CALL_SECONDS = HOP_SECONDS / 2
 # A bound on a call's steps whatever the pace says: a pace measured in a host stall's wake, or
 # on a tiny model, would otherwise put hundreds of steps between two looks at joins and cancels.
