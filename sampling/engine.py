@@ -209,7 +209,7 @@ class SamplingEngine:
         return rows * steps
 
     def _step_seconds(self, rows: int) -> float:
-        """A fused step's expected seconds for a batch of `rows` sequences, from the pace
+        """A fused step's expected CPU seconds for a batch of `rows` sequences, from the pace
         measured on the last calls' batch; never an underestimate, so a call ends within its
         time when the batch changed. A step's cost grows with the rows, but less than in
         proportion (a small batch's step mostly reads the weights): a larger batch is expected

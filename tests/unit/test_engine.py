@@ -2,6 +2,7 @@
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -132,7 +133,7 @@ def test_a_worker_kept_off_the_cores_still_runs_long_fused_calls(runner_factory,
     run_fused = engine_module.run_fused_steps
 
     def descheduled(*arguments):
-        threading.Event().wait(0.02)  # off the cores, as a worker in the run queue
+        time.sleep(0.02)  # off the cores, as a worker in the run queue
         calls.append(arguments[-1])
         return run_fused(*arguments)
 
