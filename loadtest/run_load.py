@@ -31,12 +31,14 @@ import requests
 from benchmarks import REPO, RESULTS, SHARED_DATA
 from deployments.proxy_guard import CALLBACK as PROXY_CALLBACK
 from deployments.serve_config import changed_config, deployment, shipped_config, write_config
+from loadtest.engine_figures import EngineMeter
 from loadtest.process_cpu import CpuMeter, HostMeter, serve_roles
 
 BIN = Path(sys.executable).parent
 REPORTS = REPO / "results" / "loadtest"  # locust's CSV and HTML reports
 SEED_MODEL = "loadtest-bard"
 LENGTH = 200  # characters per generate request (RNNSERVE_LOAD_LENGTH for the locustfile)
+METRICS_PORT = 8080  # Ray's metrics export of the head this starts
 
 
 # Every simulated user comes from this one address: the per-client inference limits would
@@ -73,7 +75,7 @@ def ensure_app(url: str, limits: dict = LOAD_LIMITS) -> None:
     subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], capture_output=True,
                    check=True)  # the token a head in token mode needs, made once
     subprocess.run([str(BIN / "ray"), "start", "--head", "--disable-usage-stats",
-                    "--dashboard-host", "127.0.0.1", "--metrics-export-port", "8080"],
+                    "--dashboard-host", "127.0.0.1", "--metrics-export-port", str(METRICS_PORT)],
                    cwd=REPO, capture_output=True)
     subprocess.run([str(BIN / "serve"), "deploy", str(load_config(limits))], cwd=REPO,
                    check=True)
@@ -195,7 +197,7 @@ def run_locust(host: str, users: int, seconds: int, model: str, label: str,
                     if name in rows)
     requests_only = int(total["Request Count"]) - int(ttfc.get("Request Count", 0) or 0)
     return {"label": label, "users": users, "seconds": seconds,
-            "requests_per_s": requests_only / elapsed,
+            "requests_per_s": requests_only / elapsed, "generated_requests": generated,
             "failures": int(total["Failure Count"]),
             "cpu_ms_per_request": {role: 1000 * cpu / max(requests_only, 1)
                                    for role, cpu in spent.items()},
@@ -244,6 +246,11 @@ def report(results: list[dict]) -> None:
               f"{r['chars_per_s']:,.0f} chars/s"
               + (f", Generator replicas max {r['max_replicas']}" if "max_replicas" in r else "")
               + (f", {r['chunks_per_stream']} chunks/stream" if "chunks_per_stream" in r else ""))
+        if engine := r.get("engine"):
+            print(f"      engines: {engine['requests']} requests, first character "
+                  f"{_ms(engine['first_char_ms'])} ms, then {_ms(engine['sampling_ms'])} ms to "
+                  f"the last; {_figure(engine['calls_per_request'])} sampling calls a request "
+                  f"of {_figure(engine['sequences_per_call'])} sequences each")
         cpu = r.get("cpu_ms_per_request", {})
         print("      CPU ms/request: " + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
               + f" (locust used {r['locust_cores']:.2f} cores; the machine "
@@ -267,6 +274,14 @@ def report(results: list[dict]) -> None:
             served = statistics.median(r["chars_per_s"] for r in serve_runs)
             print(f"  {users} users: Serve / naive chars/s = "
                   f"{served / naive[0]['chars_per_s']:.1f}x")
+
+
+def _ms(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"
+
+
+def _figure(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
 
 
 def _path_cpu_ms(run: dict) -> float:
@@ -318,14 +333,18 @@ def plot(results: list[dict], replicas: list[tuple[float, int]], phases: list[di
 
 
 def serve_step(args, users: int, model: str, session_dir: str) -> dict:
-    """A locust step against rnnserve, with a probe counting the chunks of its streams."""
+    """A locust step against rnnserve, with a probe counting the chunks of its streams, and
+    what the engines did meanwhile."""
     probe = ChunkProbe(args.host, model)
+    engines = EngineMeter(f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    engines.start()
     probe.start()
     result = run_locust(args.host, users, args.seconds, model, "serve",
                         CpuMeter(serve_roles(SERVE_APP, "Ingress", "Generator"), session_dir))
     probe.stopped.set()
     probe.join()
-    return {**result, "chunks_per_stream": probe.median()}
+    return {**result, "chunks_per_stream": probe.median(),
+            "engine": engines.stop(result["generated_requests"] + len(probe.counts), LENGTH)}
 
 
 def floor_step(args, users: int, chunks: int, session_dir: str) -> dict:

@@ -11,7 +11,7 @@ step kernel with the same code (sampling/fused_steps.py).
 
 from __future__ import annotations
 
-import secrets
+import random
 
 import numpy as np
 from numba import njit
@@ -33,10 +33,16 @@ def _splitmix64(z):
     return z ^ (z >> np.uint64(31))
 
 
+# Keys of requests without a seed: a generator of this process's own, seeded from the OS's
+# entropy once (a library seeding Python's shared one cannot make them repeat), and drawn
+# without a system call per request (one, on the event loop, gave the GIL away each time).
+_FRESH_KEYS = random.Random()
+
+
 def random_key(seed: int | None) -> int:
     """A sequence's stream key: from its seed, or fresh randomness without one."""
     if seed is None:
-        return secrets.randbits(64)
+        return _FRESH_KEYS.getrandbits(64)
     return int(_splitmix64(np.uint64(seed)))
 
 
