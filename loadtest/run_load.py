@@ -6,8 +6,9 @@
 Starts what is missing (a local Ray head and the Serve app from serve_config.yaml), seeds a
 small model when none is ready, runs locust headless per user count and writes CSV + HTML
 reports and a summary (requests/s, failures, time to first character percentiles, total
-chars/s, CPU per request of each process on the path, Generator replicas over time) under
-results/loadtest/ and benchmarks/results/. With --floor, the same load then goes to
+chars/s, CPU per request of each process on the path, what the sampling engines did: time to a
+request's first and last character, calls and sequences per call; Generator replicas over
+time) under results/loadtest/ and benchmarks/results/. With --floor, the same load then goes to
 loadtest/floor_app.py (rnnserve's topology with no model, streaming as many chunks per
 request as rnnserve did at that user count), and rnnserve / floor requests/s is reported.
 """
@@ -107,6 +108,13 @@ def ensure_model(url: str) -> str:
     raise SystemExit("seeding timed out")
 
 
+# Serve API calls of this process, one at a time: building a deployment's config (the floor's,
+# at import and deploy) registers and unregisters a module for pickling by value, a global of
+# cloudpickle's, and `serve.status()` on the sampler's thread does too; overlapping, one of
+# them fails ("not registered for pickle by value": it ended a run here).
+SERVE_CALLS = threading.Lock()
+
+
 class ReplicaSampler(threading.Thread):
     """Polls the Generator's running replica count (Serve's status API) once a second."""
 
@@ -121,7 +129,9 @@ class ReplicaSampler(threading.Thread):
 
         while not self.stopped.is_set():
             try:
-                app = serve.status().applications["rnnserve"]
+                with SERVE_CALLS:
+                    status = serve.status()
+                app = status.applications["rnnserve"]
                 states = app.deployments["Generator"].replica_states
                 self.samples.append((time.monotonic() - self.started, states.get("RUNNING", 0)))
             except Exception:  # noqa: BLE001 - not on a Serve cluster (naive server)
@@ -227,14 +237,15 @@ def deploy_floor(chunks: int) -> str:
     model name it answers to."""
     from ray import serve
 
-    # Imported here, as ray is in main(): Ray reads RAY_AUTH_MODE when it is first imported.
-    from loadtest import floor_app
-
     config = shipped_config()
     options = {name: {k: v for k, v in deployment(config, name).items() if k != "name"}
                for name in ("Ingress", "Generator")}
-    serve.run(floor_app.build(chunks, options["Ingress"], options["Generator"]),
-              name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
+    with SERVE_CALLS:
+        # Imported here, as ray is in main(): Ray reads RAY_AUTH_MODE when it is first imported.
+        from loadtest import floor_app
+
+        serve.run(floor_app.build(chunks, options["Ingress"], options["Generator"]),
+                  name=FLOOR_APP, route_prefix=FLOOR_PREFIX)
     return floor_app.MODEL
 
 
@@ -407,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.floor:
         from ray import serve
 
-        serve.delete(FLOOR_APP)
+        with SERVE_CALLS:
+            serve.delete(FLOOR_APP)
     if args.naive:
         naive = start_naive(model)
         try:
