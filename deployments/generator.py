@@ -93,8 +93,12 @@ class Generator:
     def _record(self, model_id: str, engine: SamplingEngine, handle, chars: int) -> None:
         tags = model_tags(model_id)
         self.metrics.chars.inc(chars, tags=tags)
-        for occupancy in engine.drain_occupancy():
+        calls = engine.drain_occupancy()
+        for occupancy in calls:
             self.metrics.batch_occupancy.observe(occupancy, tags=tags)
+        if calls:  # a counter takes only positive steps
+            self.metrics.sampling_calls.inc(len(calls), tags=tags)
+            self.metrics.batch_sequences.inc(sum(calls), tags=tags)
         self.metrics.queue_depth.set(engine.queue_depth, tags=tags)
         if handle.first_char_at is not None:
             self.metrics.time_to_first_char.observe(handle.first_char_at - handle.submitted_at,

@@ -4,10 +4,10 @@
 The Generator records its metrics per request and per sampling call, on the event loop that
 streams the text. A Ray metric's record is a C++ call made without the GIL: the thread that
 makes it gives the GIL up and must win it back from the sampling worker and Serve's threads.
-Measured at 40 requests/s, dropping the records altogether took 0.7-0.9 ms off the replica's
-CPU a request, and lowered the latency. So the Generator's records are queued (an append)
-and made on a thread of their own (`QueuedMetrics`). Against records made on the loop, the
-queued form's gain was within this host's noise (BENCHMARKS.md, end to end, stop 23).
+In a profile at 40 requests/s, these records were the largest item of rnnserve's own on that
+loop. So the Generator's records are queued (an append) and made on a thread of their own
+(`QueuedMetrics`). What that saves in CPU could not be told apart on the development host:
+two runs of the same code differed as much (BENCHMARKS.md, end to end, stop 23).
 """
 
 from __future__ import annotations
@@ -112,6 +112,14 @@ class GeneratorMetrics:
             "rnnserve_batch_occupancy",
             description="sequences in each batched sampling call (a step, or several fused steps)",
             boundaries=OCCUPANCY_BUCKETS, tag_keys=model)
+        # The exact mean occupancy: Ray's export estimates a histogram's _sum from its buckets'
+        # midpoints (one sequence a call shows as 0.5), so the mean comes from these counters.
+        self.sampling_calls = metrics.Counter(
+            "rnnserve_sampling_calls", description="batched sampling calls (a step, or several "
+            "fused steps)", tag_keys=model)
+        self.batch_sequences = metrics.Counter(
+            "rnnserve_batch_sequences", description="sequences in the batched sampling calls, "
+            "summed over the calls", tag_keys=model)
         self.queue_depth = metrics.Gauge("rnnserve_queue_depth",
                                          description="requests waiting for a batch slot",
                                          tag_keys=model)

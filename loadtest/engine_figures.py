@@ -1,6 +1,8 @@
 """What the Generators' sampling engines did during a load step, from their rnnserve_* series
-on Ray's metrics export: requests, the time from a request's first character to its last,
-sampling calls per request and sequences per call.
+on Ray's metrics export: requests, sampling calls per request and sequences per call (exact,
+from counters), and the time to a request's first character and from there to its last
+(estimates: Ray's export makes a histogram's `_sum` from its buckets' midpoints, so a mean
+is only as fine as the buckets).
 
 Every replica's series are read before and after the step and differenced per replica: a
 replica that left keeps its last values in the export, and one that came has none before.
@@ -61,7 +63,7 @@ class EngineMeter:
             time.sleep(1)
         finished = spent.get("rnnserve_requests_finished_total", 0)
         timed = spent.get("rnnserve_char_latency_seconds_count", 0)
-        calls = spent.get("rnnserve_batch_occupancy_count", 0)
+        calls = spent.get("rnnserve_sampling_calls_total", 0)
         first = spent.get("rnnserve_time_to_first_char_seconds_count", 0)
         return {
             "requests": int(finished),
@@ -71,7 +73,7 @@ class EngineMeter:
             "first_char_ms": (1000 * spent.get("rnnserve_time_to_first_char_seconds_sum", 0)
                               / first if first else None),
             "calls_per_request": calls / finished if finished else None,
-            "sequences_per_call": (spent.get("rnnserve_batch_occupancy_sum", 0) / calls
+            "sequences_per_call": (spent.get("rnnserve_batch_sequences_total", 0) / calls
                                    if calls else None)}
 
     def _spent(self) -> dict[str, float]:

@@ -259,9 +259,10 @@ def report(results: list[dict]) -> None:
               + (f", {r['chunks_per_stream']} chunks/stream" if "chunks_per_stream" in r else ""))
         if engine := r.get("engine"):
             print(f"      engines: {engine['requests']} requests, first character "
-                  f"{_ms(engine['first_char_ms'])} ms, then {_ms(engine['sampling_ms'])} ms to "
-                  f"the last; {_figure(engine['calls_per_request'])} sampling calls a request "
-                  f"of {_figure(engine['sequences_per_call'])} sequences each")
+                  f"~{_ms(engine['first_char_ms'])} ms, then ~{_ms(engine['sampling_ms'])} ms "
+                  f"to the last (histogram estimates); {_figure(engine['calls_per_request'])} "
+                  f"sampling calls a request of {_figure(engine['sequences_per_call'])} "
+                  "sequences each")
         cpu = r.get("cpu_ms_per_request", {})
         print("      CPU ms/request: " + ", ".join(f"{role} {ms:.1f}" for role, ms in cpu.items())
               + f" (locust used {r['locust_cores']:.2f} cores; the machine "

@@ -249,7 +249,8 @@ def test_metrics_reach_the_prometheus_port(trained, ray_cluster):
             return None
         for name in ("rnnserve_chars_generated_total", "rnnserve_time_to_first_char_seconds_count",
                      "rnnserve_batch_occupancy_count", "rnnserve_model_load_seconds_count",
-                     "rnnserve_model_cache_misses_total"):
+                     "rnnserve_model_cache_misses_total", "rnnserve_sampling_calls_total",
+                     "rnnserve_batch_sequences_total"):
             samples = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                        if line.startswith(f"ray_{name}{{") and 'model="bard:1"' in line]
             if not samples or max(samples) <= 0:
