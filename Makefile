@@ -11,7 +11,7 @@ export RNNSERVE_SHARED_DATA ?= $(SHARED)/data
 METRICS_PORT ?= 8080
 HTTP_PORT ?= 8000
 
-.PHONY: run stop test test-cluster test-autoscaler bench-cluster bench-attack test-unit lint fuzz bench bench-train bench-sampling bench-classifier bench-e2e loadtest system-deps clean
+.PHONY: run stop test test-cluster test-autoscaler bench-cluster bench-attack test-unit lint fuzz bench bench-train bench-sampling bench-split bench-classifier bench-e2e loadtest system-deps clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -106,6 +106,10 @@ bench-train: $(READY)
 
 bench-sampling: $(READY)
 	$(PY) -m benchmarks.bench_sampling
+
+# A small model's fused steps on one thread against split over the cores, idle and busy (~1 min).
+bench-split: $(READY)
+	$(PY) -m benchmarks.bench_split
 
 bench-classifier: $(READY)
 	$(PY) -m benchmarks.bench_classifier

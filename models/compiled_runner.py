@@ -26,11 +26,16 @@ from models.runner import single_threaded_blas
 from models.step_cells import StepWeights, WeightsView
 
 # Fewer rows than this per core and a step runs on fewer cores; on one, it is a plain call on
-# the engine's thread (a parallel launch wakes every core even for one part: 30 against 34-48 us
-# a 2x128 step of one row, 45-59 against 52-58 of two). A row costs ~15 us of GEMVs
-# (2x128) and waking a core and joining it a few: 4 rows take 47 us on two cores against 76 on
-# one, 9 rows 92 against 234 (with 8 rows a core, the old bound, 9 rows ran as one GEMM).
-MIN_ROWS_PER_CORE = 2
+# the engine's thread (a parallel launch wakes every core even for one part). A split pays only
+# when the other core is idle, and a Generator shares its cores with the HTTP path (it reserves
+# a quarter of one). Fused 2x128 steps, us a step, on one thread against split over two cores
+# (BENCHMARKS.md, End to end, stop 24):
+#   idle cores: 4 rows 32 CPU / 35 wall against 47 / 27; 8 rows 60 / 60 against 73 / 41;
+#   both cores busy with other work: 4 rows 35 / 49 against 102 / 107; 8 rows 65 / 84 against
+#   164 / 176; 12 rows 91 / 113 against 182 / 194 (the split's parts wait at the join for a
+#   core). From 16 rows one thread's GEMM is past BLAS's small-matrix path (16 rows: 197 CPU
+#   alone against 138 split on idle cores, 205 under load).
+MIN_ROWS_PER_CORE = 8
 # A layer's recurrent weights this big or bigger and a step splits its units, not its rows, over
 # the cores (`units_split_pays`): from 2x256 up, measured faster at every batch size.
 UNITS_SPLIT_BYTES = 1 << 20

@@ -71,9 +71,12 @@ TAKE_TIMEOUT_S = 0.1  # the worker steps on if the event loop is this late to ta
 # queue for longer than it runs (measured at 32 users: about 3 times as long), and a pace by
 # the clock cut the calls to ~6 steps, each paying the engine's Python and a GIL hand-off.
 FUSED_CALL_SECONDS = HOP_SECONDS / 2
-# A bound on a call's steps whatever the pace says: a pace measured in a host stall's wake, or
-# on a tiny model, would otherwise put hundreds of steps between two looks at joins and cancels.
-MAX_FUSED_STEPS = 64
+# A bound on a call's steps whatever the pace says, should the pace be wrong (measured on a
+# smaller batch, or with the weights still in cache). Above what the pace allows the reference
+# 2x128 model (~13 us a one-row step: ~190 steps): at 64, its 200-character requests took 3.6-3.8
+# calls each under load, at 256 2.8-3.0, each call paying the engine's Python and a GIL
+# hand-off once (BENCHMARKS.md, End to end, stop 24).
+MAX_FUSED_STEPS = 256
 
 
 class SamplingEngine:
