@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import RESULTS, SHARED_DATA
+from benchmarks import RESULTS, SHARED_DATA, shakespeare_vocab
 from benchmarks.baseline import PerRequestSampler
 from models.charrnn import build_charrnn
 from models.config import CharRNNConfig, SampleConfig
@@ -343,8 +343,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="only the 64-stream engine and runner against the GEMM ceiling")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]  # the machine is shared: how busy it was, for the record
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    vocab = Vocab.from_text(text, 3500)
+    vocab = shakespeare_vocab()
     big = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=512)
     reference_default = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=128)
     if args.ceiling:

@@ -19,10 +19,9 @@ import time
 import numpy as np
 
 import models.compiled_runner as compiled_runner
-from benchmarks import SHARED_DATA
+from benchmarks import shakespeare_vocab
 from models.charrnn import build_charrnn
 from models.config import CharRNNConfig
-from models.vocab import Vocab
 from sampling.fused_steps import run_fused_steps
 from sampling.sampler import random_key
 from sampling.scheduler import Sequence
@@ -43,17 +42,14 @@ def busy_core(stop) -> None:
 
 
 def runner_and_table(rows: int):
-    text = (SHARED_DATA / "tinyshakespeare.txt").read_text(encoding="utf-8")
-    vocab = Vocab.from_text(text, 3500)
+    vocab = shakespeare_vocab()
     config = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=128)
     runner = compiled_runner.CompiledStepRunner.from_model(build_charrnn(config), config)
     runner.allocate(rows)
     table = SlotTable(rows)
     for slot in range(rows):
-        sequence = Sequence(prompt_ids=[1], max_length=10**9, temperature=0.8, top_k=0,
-                            top_p=1.0, stop=[], logprobs=None, key=random_key(slot),
-                            deadline=None, prompt_logprobs=None)
-        sequence.slot = slot
+        sequence = Sequence(prompt_ids=[1], max_length=10**9, temperature=0.8,
+                            key=random_key(slot), slot=slot)
         table.load(sequence)
     return runner, table
 

@@ -28,13 +28,10 @@ from models.step_cells import StepWeights, WeightsView
 # Fewer rows than this per core and a step runs on fewer cores; on one, it is a plain call on
 # the engine's thread (a parallel launch wakes every core even for one part). A split pays only
 # when the other core is idle, and a Generator shares its cores with the HTTP path (it reserves
-# a quarter of one). Fused 2x128 steps, us a step, on one thread against split over two cores
-# (BENCHMARKS.md, End to end, stop 24):
-#   idle cores: 4 rows 32 CPU / 35 wall against 47 / 27; 8 rows 60 / 60 against 73 / 41;
-#   both cores busy with other work: 4 rows 35 / 49 against 102 / 107; 8 rows 65 / 84 against
-#   164 / 176; 12 rows 91 / 113 against 182 / 194 (the split's parts wait at the join for a
-#   core). From 16 rows one thread's GEMM is past BLAS's small-matrix path (16 rows: 197 CPU
-#   alone against 138 split on idle cores, 205 under load).
+# a quarter of one). Fused 2x128 steps, `make bench-split` (BENCHMARKS.md, End to end, stop 24):
+# at 4-12 rows a split is 12-38% faster on idle cores at 1.1-1.6x the CPU, and on cores busy
+# with other work slower, at twice the CPU or more (its parts wait at the join for a core). From 16
+# rows one thread's GEMM is past BLAS's small-matrix path, and the split costs no more.
 MIN_ROWS_PER_CORE = 8
 # A layer's recurrent weights this big or bigger and a step splits its units, not its rows, over
 # the cores (`units_split_pays`): from 2x256 up, measured faster at every batch size.
