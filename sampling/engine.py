@@ -166,9 +166,11 @@ class SamplingEngine:
         batch = self._schedule()
         if batch is None:
             return 0
+        # The prefill first: a sequence left with only its prime's last character fuses at
+        # once, rather than making its batch take one single step per new request.
+        self._prefill()
         if self._fusable(batch):
             return self._fused(batch)
-        self._prefill()
         logits = self.runner.step(batch.slots, self.table.next_id[batch.index])
         reading = self.table.prompt_left[batch.index] > 1  # fed a prompt id that is not the last
         if reading.any():

@@ -88,8 +88,9 @@ def test_fused_steps_give_the_text_of_single_steps(runner_factory, monkeypatch, 
     if not fuses_steps(runner_factory()):
         assert not fused_calls
         return
-    # Several steps per call; every step fused but the first, which feeds the prime's "a".
-    assert max(fused_calls) > 1 and sum(fused_calls) == 299
+    # Several steps per call, every one of them fused: the prime's "a" is fed by the prefill
+    # before the first call, which feeds its "b" and samples.
+    assert max(fused_calls) > 1 and sum(fused_calls) == 300
     monkeypatch.setattr(SamplingEngine, "_fusable", lambda self, batch: False)
     assert run(go, runner_factory) == fused
     assert [len(t) for t in fused] == [300] * count and len(set(fused)) == count
