@@ -139,8 +139,10 @@ def test_a_worker_kept_off_the_cores_still_runs_long_fused_calls(runner_factory,
         return run_fused(*arguments)
 
     monkeypatch.setattr(engine_module, "run_fused_steps", descheduled)
-    engine.submit(SampleConfig(max_length=5000, seed=1))
-    for _ in range(30):
+    calls_made = 30
+    # Longer than the calls can reach: the last one is not cut short by the sequence's end.
+    engine.submit(SampleConfig(max_length=calls_made * engine_module.MAX_FUSED_STEPS + 1, seed=1))
+    for _ in range(calls_made):
         engine.step()
     # The tiny model's step takes microseconds of CPU: once the pace has settled (a moving
     # average), each call is about as long as calls may be.
