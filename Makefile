@@ -25,8 +25,8 @@ $(BIN)/.installed: pyproject.toml
 # The old cache goes first: numba checks only the file that defines a kernel, so the fused
 # steps' cached code would outlive a change to the cells or the sampler it calls.
 # compiled_runner.py and fused_steps.py hold the `compile_kernels` that make runs.
-KERNELS := models/compiled_cells.py models/compiled_runner.py sampling/sampler.py \
-  sampling/fused_steps.py
+KERNELS := models/blas.py models/compiled_cells.py models/compiled_runner.py \
+  sampling/sampler.py sampling/fused_steps.py
 $(BIN)/.kernels: $(BIN)/.installed $(KERNELS)
 	rm -f $(addsuffix __pycache__/*.nbi,$(sort $(dir $(KERNELS)))) \
 	  $(addsuffix __pycache__/*.nbc,$(sort $(dir $(KERNELS))))

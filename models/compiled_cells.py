@@ -3,9 +3,10 @@
 
 The NumPy runner's step is ~10 NumPy calls per layer, each taking the GIL back and each a
 separate pass over the batch; at 2x128 and 64 streams the calls around the three GEMMs cost a
-quarter of the step. Here a whole step is ONE call that holds no GIL: each layer's recurrent
-GEMM goes to BLAS (numba's `@`, through SciPy's BLAS; with a handful of rows, a GEMV per row
-where the runner measured that faster: `matmul`), and the gate math is one fused loop per row.
+quarter of the step. Here a whole step is ONE call that holds no GIL: each layer's products go
+to BLAS (models/blas.py; with a handful of rows, a GEMV per row where the runner measured that
+faster: `add_product`), accumulating into the layer's gates, and the gate math is one fused loop
+per row.
 The call spreads over the cores (`prange`) in one of two ways. A small model's step splits the
 batch's rows into one part per core (`step_parts`): rows of a step never mix, so the parts need
 no synchronisation. A big model's step splits each layer's units (`step_units`): each core
@@ -24,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from models import blas
+
 # error_model="numpy": no ZeroDivisionError branch in each division, which keeps the element
 # loops vectorisable; fastmath lets LLVM reassociate and fuse them into FMAs. `cache`: the
 # machine code is kept in __pycache__, so a replica loads it instead of compiling (~15 s);
@@ -31,7 +34,7 @@ from numba import njit, prange
 # kernels it calls from other files, as sampling/fused_steps.py calls these).
 _OPTIONS = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
-GEMV_ROWS = 8  # the most rows a product may run as a GEMV per row (`matmul`)
+GEMV_ROWS = 8  # the most rows a product may run as a GEMV per row (`add_product`)
 CELLS = {"lstm": 0, "gru": 1, "rnn": 2}  # a kernel's `cell` argument
 LSTM, GRU = CELLS["lstm"], CELLS["gru"]
 
@@ -69,31 +72,40 @@ def tanh_array(x):
 
 
 @njit(**_OPTIONS)
-def matmul(x, w, gemv_rows):
-    """x @ w, by BLAS: one GEMM, or with up to `gemv_rows` rows one GEMV per row. A GEMM packs
-    `w` first, which with a few rows can cost more than reading `w` once per row, or less: it
-    depends on the CPU and the BLAS build (measured: 2 rows by [128, 512] weights, 47 us as a
+def add_product(x, w, out, gemv_rows):
+    """out += x @ w, by BLAS: one GEMM, or with up to `gemv_rows` rows one GEMV per row. A GEMM
+    packs `w` first, which with a few rows can cost more than reading `w` once per row, or less:
+    it depends on the CPU and the BLAS build (measured: 2 rows by [128, 512] weights, 47 us as a
     GEMM against 8 us as two GEMVs on one machine, 14 against 21 on another), so the runner
     measures it at model load (models/compiled_runner.py, `measured_gemv_rows`)."""
     if x.shape[0] > gemv_rows:
-        return x @ w
-    out = np.empty((x.shape[0], w.shape[1]), np.float32)
+        blas.gemm(x, w, out, 1.0)
+        return
     for i in range(x.shape[0]):
-        out[i] = np.dot(x[i], w)
+        blas.gemv(x[i], w, out[i], 1.0)
+
+
+@njit(**_OPTIONS)
+def rows_of(vector, rows):
+    """[rows, len(vector)], each row a copy of `vector` (a bias, which a product then adds to)."""
+    out = np.empty((rows, vector.shape[0]), np.float32)
+    for i in range(rows):
+        out[i] = vector
     return out
 
 
 @njit(**_OPTIONS)
 def cell_rows(cell, gemv_rows, gates, h_in, h, c, recurrent, recurrent_bias):
     """One cell step for every row, in place: `gates` is the input side (x @ kernel + bias,
-    [rows, gates * units]), `h_in` the rows' whole state before the step (the recurrent
-    GEMM's input), `h` (and `c`, LSTM) the state of the units this call updates: `h_in` itself,
-    or a copy of some of its columns (`step_units`) with `gates` and `recurrent` cut to them.
-    Each loop reads and writes one fresh array, which LLVM vectorises (through a view shared
-    with another array it did not: measured 2x slower)."""
+    [rows, gates * units]; overwritten), `h_in` the rows' whole state before the step (the
+    recurrent GEMM's input), `h` (and `c`, LSTM) the state of the units this call updates:
+    `h_in` itself, or a copy of some of its columns (`step_units`) with `gates` and `recurrent`
+    cut to them. Each loop reads and writes one array of its own, which LLVM vectorises (through
+    a view shared with another array it did not: measured 2x slower)."""
     units, half, one = h.shape[1], np.float32(0.5), np.float32(1.0)
     if cell == LSTM:  # t: i, f, o (halved), then the candidate
-        t = gates + matmul(h_in, recurrent, gemv_rows)
+        t = gates
+        add_product(h_in, recurrent, t, gemv_rows)
         for i in range(h.shape[0]):
             for j in range(4 * units):
                 t[i, j] = _tanh(t[i, j])
@@ -103,7 +115,8 @@ def cell_rows(cell, gemv_rows, gates, h_in, h, c, recurrent, recurrent_bias):
                 c[i, j] = state
                 h[i, j] = (half * t[i, 2 * units + j] + half) * _tanh(state)
     elif cell == GRU:  # z, r (halved), then h; reset_after: r gates the recurrent term
-        hidden = matmul(h_in, recurrent, gemv_rows) + recurrent_bias
+        hidden = rows_of(recurrent_bias, h.shape[0])
+        add_product(h_in, recurrent, hidden, gemv_rows)
         t = gates[:, :2 * units] + hidden[:, :2 * units]
         for i in range(h.shape[0]):
             for j in range(2 * units):
@@ -114,7 +127,8 @@ def cell_rows(cell, gemv_rows, gates, h_in, h, c, recurrent, recurrent_bias):
                                   + (half * t[i, units + j] + half) * hidden[i, 2 * units + j])
                 h[i, j] = z * h[i, j] + (one - z) * candidate
     else:
-        t = gates + matmul(h_in, recurrent, gemv_rows)
+        t = gates
+        add_product(h_in, recurrent, t, gemv_rows)
         for i in range(h.shape[0]):
             for j in range(units):
                 h[i, j] = _tanh(t[i, j])
@@ -129,18 +143,17 @@ def layer_inputs(gemv_rows, table, kernels, biases, layer, ids, x):
         for i in range(ids.shape[0]):
             gates[i] = table[ids[i]]
         return gates
-    gates = matmul(x, kernels[layer - 1], gemv_rows)
-    for i in range(gates.shape[0]):
-        gates[i] += biases[layer - 1]
+    gates = rows_of(biases[layer - 1], x.shape[0])
+    add_product(x, kernels[layer - 1], gates, gemv_rows)
     return gates
 
 
 @njit(**_OPTIONS)
-def output_logits(gemv_rows, x, out_kernel, out_bias):
-    logits = matmul(x, out_kernel, gemv_rows)
+def output_logits(gemv_rows, x, out_kernel, out_bias, logits):
+    """The output layer's logits of the rows `x` into `logits` [rows, vocab]."""
     for i in range(logits.shape[0]):
-        logits[i] += out_bias
-    return logits
+        logits[i] = out_bias
+    add_product(x, out_kernel, logits, gemv_rows)
 
 
 @njit(**_OPTIONS)
@@ -161,7 +174,7 @@ def step_rows(cell, gemv_rows, table, kernels, biases, recurrents, recurrent_bia
         for i in range(rows):
             hs[layer, slots[i]] = h[i]
             cs[layer, slots[i]] = c[i]
-    logits[:] = output_logits(gemv_rows, h, out_kernel, out_bias)
+    output_logits(gemv_rows, h, out_kernel, out_bias, logits)
 
 
 @njit(parallel=True, **_OPTIONS)
@@ -207,7 +220,7 @@ def step_units(parts, cell, gemv_rows, tables, kernels, biases, recurrents, recu
                 cs[layer, slots[i], first:end] = c[i]
         for i in range(rows):
             x[i] = hs[layer, slots[i]]
-    logits[:] = output_logits(gemv_rows, x, out_kernel, out_bias)
+    output_logits(gemv_rows, x, out_kernel, out_bias, logits)
 
 
 def split_units(weights: np.ndarray, parts: int, gates: int) -> np.ndarray:
@@ -239,4 +252,6 @@ def prefill_positions(cell, gemv_rows, table, kernels, biases, recurrents, recur
             x[p] = h[0]
         hs[layer, slot] = h[0]
         cs[layer, slot] = c[0]
-    return output_logits(gemv_rows, x, out_kernel, out_bias)
+    logits = np.empty((positions, out_bias.shape[0]), np.float32)
+    output_logits(gemv_rows, x, out_kernel, out_bias, logits)
+    return logits

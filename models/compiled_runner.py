@@ -22,7 +22,6 @@ import numba
 import numpy as np
 
 from models import compiled_cells
-from models.runner import single_threaded_blas
 from models.step_cells import StepWeights, WeightsView
 
 # Fewer rows than this per core and a step runs on fewer cores; on one, it is a plain call on
@@ -70,10 +69,8 @@ class CompiledStepRunner(WeightsView):
                 self.recurrent_biases))
         self.gemv_rows = compiled_cells.GEMV_ROWS  # until measured, below
         self._compiled_once()
-        single_threaded_blas()  # after the first call: SciPy's BLAS, which numba's `@` uses,
-        # is loaded by then
         # Measured on the products a step runs most, a layer's recurrent weights as each thread
-        # has them, on one BLAS thread as in a step.
+        # has them, on one BLAS thread as in a step (models/blas.py).
         recurrent = self.cut_weights[3][0, 0] if self.splits_units else self.recurrents[0]
         self.gemv_rows = measured_gemv_rows(recurrent)
 
@@ -144,14 +141,15 @@ class CompiledStepRunner(WeightsView):
 
 def measured_gemv_rows(weights: np.ndarray, repeats: int = 5) -> int:
     """Up to how many rows a product by `weights` runs faster as a GEMV per row than as one
-    GEMM on this machine, of 2, 4 and 8 rows (0: never; `compiled_cells.matmul`). Measured at
-    model load, each form the best of `repeats` (other work only ever slows one down); it
+    GEMM on this machine, of 2, 4 and 8 rows (0: never; `compiled_cells.add_product`). Measured
+    at model load, each form the best of `repeats` (other work only ever slows one down); it
     takes ~0.1 s for a 2x512's weights and microseconds for small ones."""
     best = 0
     for rows in (2, 4, compiled_cells.GEMV_ROWS):
         x = np.ones((rows, weights.shape[0]), np.float32)
-        as_gemv, as_gemm = (_best_seconds(compiled_cells.matmul, x, weights, gemv_rows,
-                                          repeats=repeats) for gemv_rows in (rows, 0))
+        out = np.zeros((rows, weights.shape[1]), np.float32)
+        as_gemv, as_gemm = (_best_seconds(compiled_cells.add_product, x, weights, out,
+                                          gemv_rows, repeats=repeats) for gemv_rows in (rows, 0))
         if as_gemv >= as_gemm:
             break
         best = rows

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.charrnn import build_charrnn
-from models.compiled_cells import GEMV_ROWS, matmul, tanh_array
+from models.compiled_cells import GEMV_ROWS, add_product, tanh_array
 from models.compiled_runner import CompiledStepRunner, units_split_pays
 from models.config import CharRNNConfig
 from models.step_cells import StepWeights
@@ -105,6 +105,9 @@ def test_the_compiled_product_is_the_same_as_gemvs_or_one_gemm(rows, units):
     rng = np.random.default_rng(rows)
     w = rng.standard_normal((units, 4 * units)).astype(np.float32)
     x = rng.standard_normal((rows, units)).astype(np.float32)
-    exact = x.astype(np.float64) @ w
+    start = rng.standard_normal((rows, 4 * units)).astype(np.float32)
+    exact = start + x.astype(np.float64) @ w
     for gemv_rows in (rows, 0):  # GEMVs, then a GEMM
-        np.testing.assert_allclose(matmul(x, w, gemv_rows), exact, rtol=1e-4, atol=1e-3)
+        out = start.copy()
+        add_product(x, w, out, gemv_rows)  # accumulates into `out`
+        np.testing.assert_allclose(out, exact, rtol=1e-4, atol=1e-3)
