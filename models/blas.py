@@ -3,11 +3,14 @@ scipy-openblas64 wheel, bound to the kernels by symbol name, so numba's on-disk 
 stays valid from one process to the next.
 
 Why not numba's own `@` and `np.dot`: they call the OpenBLAS bundled with SciPy (0.3.30 with
-SciPy 1.17). With weights used over and over (a benchmark's GEMM) every build here runs at the
-same rate, but a recurrent step reads a different weight matrix for each product (a 2x512's
-12 MB a step), and there that build's packing of the weights (`sgemm_itcopy`) took nearly as
-long as the multiply itself in a profile. With this one a 2x512 step of 64 rows took 2.9-3.4 ms
-against 4.0-4.9 (same process, alternating; BENCHMARKS.md, Sampling engine, stop 26).
+SciPy 1.17). With weights used over and over (a benchmark's GEMM) both builds run at the same
+rate, but a recurrent step reads a different weight matrix for each product (a 2x512's 12 MB a
+step). In a profile of a slow 2x512 step, 0.3.30's packing of the weights (`sgemm_itcopy`)
+took 0.84x the multiply's time, in a 0.3.34 step 0.39x. In the ceiling check (`python -m
+benchmarks.bench_sampling --ceiling`), alternating with the code before, the 2x512 step at 64
+rows reached 54-91% of the GEMM ceiling against 42-82% (BENCHMARKS.md, Sampling engine, stop
+26). In a process that ran nothing but the step, the two builds took the same time; why the
+older one slows down in some processes was not found.
 
 The products accumulate into their output (`beta`), so a layer's gates need no temporary
 array for `input side + recurrent product`.
