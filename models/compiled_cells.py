@@ -86,11 +86,17 @@ def add_product(x, w, out, gemv_rows):
 
 
 @njit(**_OPTIONS)
-def rows_of(vector, rows):
-    """[rows, len(vector)], each row a copy of `vector` (a bias, which a product then adds to)."""
-    out = np.empty((rows, vector.shape[0]), np.float32)
-    for i in range(rows):
+def fill_rows(out, vector):
+    """Each row of `out` a copy of `vector` (a bias, which a product then adds to)."""
+    for i in range(out.shape[0]):
         out[i] = vector
+
+
+@njit(**_OPTIONS)
+def rows_of(vector, rows):
+    """[rows, len(vector)], each row a copy of `vector`."""
+    out = np.empty((rows, vector.shape[0]), np.float32)
+    fill_rows(out, vector)
     return out
 
 
@@ -151,8 +157,7 @@ def layer_inputs(gemv_rows, table, kernels, biases, layer, ids, x):
 @njit(**_OPTIONS)
 def output_logits(gemv_rows, x, out_kernel, out_bias, logits):
     """The output layer's logits of the rows `x` into `logits` [rows, vocab]."""
-    for i in range(logits.shape[0]):
-        logits[i] = out_bias
+    fill_rows(logits, out_bias)
     add_product(x, out_kernel, logits, gemv_rows)
 
 

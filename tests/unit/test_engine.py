@@ -46,7 +46,7 @@ def test_every_request_gets_exactly_its_length(runner_factory):
 @pytest.mark.parametrize("lengths", [(5, 50), tuple(range(5, 65, 5))])
 def test_same_seed_same_text_whatever_shares_the_batch(runner_factory, lengths):
     """Two or twelve others in the batch: the compiled runner's products are then GEMVs per
-    row or GEMMs, as it measured at load (models/compiled_cells.py: `matmul`), and the rows
+    row or GEMMs, as it measured at load (models/compiled_cells.py: `add_product`), and the rows
     split over the cores."""
     request = SampleConfig(prime="abc", max_length=40, temperature=0.9, top_k=5, seed=123)
 
