@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -250,33 +252,49 @@ def bench_model(label: str, config: CharRNNConfig, vocab: Vocab, streams: list[i
     return result
 
 
-def ceiling_check(configs: dict, vocab: Vocab, rounds: int = 3) -> None:
-    """Issue 18.4's figures alone: per model, the GEMM ceiling, and per step runner (compiled,
-    its rows over every core and the engine's steps fused; NumPy on its one BLAS thread;
-    TensorFlow on every core) its step at batch 64 and the engine at 64
-    streams, measured together in each of `rounds` rounds (models alternating), each as a share
-    of the ceiling measured in its own round; a shared machine's load drifts, so the ratios are
-    only compared within a round. Each figure is a best of several (the ceiling of 10 GEMM
+def ceiling_check(configs: dict, rounds: int = 3) -> None:
+    """Issue 18.4's figures alone: per model and step runner (compiled, its rows or units over
+    every core and the engine's steps fused; NumPy on its one BLAS thread; TensorFlow on every
+    core), the GEMM ceiling, the runner's step at batch 64 and the engine at 64 streams, in
+    each of `rounds` rounds (models alternating). Each runner is measured in a process of its
+    own, with its own ceiling, as a replica runs one kind of runner: in one process, the
+    compiled runner measured after the TensorFlow runner's engine had run there was slower
+    (2x512 engine at 61-74% of the ceiling against 75-90% in a fresh process, BENCHMARKS.md,
+    Sampling engine, stop 26). Each figure is a best of several (the ceiling of 10 GEMM
     windows, the step of 5 repeats, the engine of 5 runs): on a shared machine other work only
     ever slows a measurement down. The runner `auto` picks on this machine is marked."""
-    runs = {label: (build_charrnn(config), config) for label, config in configs.items()}
     print(f"load averages at the start: {os.getloadavg()}")
     auto = choose_runner()
     for round_ in range(rounds):
-        for label, (model, config) in runs.items():
-            flops = StepWeights.from_model(model, config).flops_per_char()
-            ceiling = matmul_gflops(64, config.lstm_size) * 1e9 / flops
+        for label, config in configs.items():
             figures = []
             for setting in ("compiled", "numpy", "tensorflow"):
-                runner = build_runner(model, config, setting)
-                step = 64 / step_microseconds(runner, 64) * 1e6
-                engine = best_engine_chars_per_s(runner, vocab, 64, 400, tries=5)
-                figures.append(f"{setting}{' (auto)' if setting == auto else ''}: runner step "
-                               f"{step:,.0f} ({step / ceiling:.0%}), engine {engine:,.0f} "
-                               f"({engine / ceiling:.0%})")
-            print(f"round {round_ + 1} {time.strftime('%H:%M:%S')} {label}: ceiling "
-                  f"{ceiling:,.0f} chars/s; " + "; ".join(figures), flush=True)
+                ceiling, step, engine = in_fresh_process(runner_against_ceiling, config, setting)
+                figures.append(f"{setting}{' (auto)' if setting == auto else ''}: ceiling "
+                               f"{ceiling:,.0f}, runner step {step:,.0f} ({step / ceiling:.0%}), "
+                               f"engine {engine:,.0f} ({engine / ceiling:.0%})")
+            print(f"round {round_ + 1} {time.strftime('%H:%M:%S')} {label} (chars/s): "
+                  + "; ".join(figures), flush=True)
     print(f"load averages at the end: {os.getloadavg()}")
+
+
+def runner_against_ceiling(config: CharRNNConfig, setting: str) -> tuple[float, float, float]:
+    """In this process: the GEMM ceiling for a model of `config` (random weights), the step
+    of its `setting` runner alone at batch 64, and its engine at 64 streams, in chars/s."""
+    model = build_charrnn(config)
+    ceiling = (matmul_gflops(64, config.lstm_size) * 1e9
+               / StepWeights.from_model(model, config).flops_per_char())
+    runner = build_runner(model, config, setting)
+    step = 64 / step_microseconds(runner, 64) * 1e6
+    engine = best_engine_chars_per_s(runner, shakespeare_vocab(), 64, 400, tries=5)
+    return ceiling, step, engine
+
+
+def in_fresh_process(function, *arguments):
+    """`function(*arguments)` in a new Python process (spawned: nothing of this one's state)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *arguments).result()
 
 
 def report(result: dict) -> None:
@@ -352,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     big = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=512)
     reference_default = CharRNNConfig(vocab_size=vocab.size, num_layers=2, lstm_size=128)
     if args.ceiling:
-        ceiling_check({"2x512": big, "2x128 one-hot": reference_default}, vocab, args.ceiling)
+        ceiling_check({"2x512": big, "2x128 one-hot": reference_default}, args.ceiling)
         return
     results = [
         bench_model("2x512 LSTM", big, vocab, [1, 8, 64, 256], baseline=True, quick=args.quick,
