@@ -3,14 +3,14 @@ scipy-openblas64 wheel, bound to the kernels by symbol name, so numba's on-disk 
 stays valid from one process to the next.
 
 Why not numba's own `@` and `np.dot`: they call the OpenBLAS bundled with SciPy (0.3.30 with
-SciPy 1.17). With weights used over and over (a benchmark's GEMM) both builds run at the same
+SciPy 1.17). With weights used over and over (a benchmark's GEMM) both builds run at about the same
 rate, but a recurrent step reads a different weight matrix for each product (a 2x512's 12 MB a
 step). In a profile of a slow 2x512 step, 0.3.30's packing of the weights (`sgemm_itcopy`)
 took 0.84x the multiply's time, in a 0.3.34 step 0.39x. In the ceiling check (`python -m
-benchmarks.bench_sampling --ceiling`), alternating with the code before, the 2x512 step at 64
-rows reached 54-91% of the GEMM ceiling against 42-82% (BENCHMARKS.md, Sampling engine, stop
-26). In a process that ran nothing but the step, the two builds took the same time; why the
-older one slows down in some processes was not found.
+benchmarks.bench_sampling --ceiling`, each runner in a process of its own), the 2x512 engine
+at 64 streams reached 67-87% of the GEMM ceiling with this build against 59-67% with SciPy's,
+in runs a few minutes apart (BENCHMARKS.md, Sampling engine, stop 26). In processes that ran
+nothing but the step, the two builds took the same time: the gain is not the same everywhere.
 
 The products accumulate into their output (`beta`), so a layer's gates need no temporary
 array for `input side + recurrent product`.
